@@ -1,0 +1,59 @@
+"""autotune: an ML-driven autotuner for tensor-operator schedules on Apache TVM.
+
+Public API::
+
+    result = autotune.tune([A, B, C], target="llvm", trials=64, database="cache/tuning.db")
+    result.best_latency, result.mod
+    mod = autotune.apply_best([A, B, C], target="llvm", database="cache/tuning.db")
+"""
+
+__version__ = "0.1.0"
+
+from . import ops
+from .database import Database, default_database_path
+from .errors import (
+    AutotuneError,
+    BudgetError,
+    DatabaseError,
+    SearchSpaceError,
+    ShapeError,
+    TargetError,
+    UnknownOperatorError,
+    WorkloadError,
+)
+from .measure import MeasureOptions
+from .records import Status, TrialRecord
+from .search_space import Candidate, SearchSpace
+from .space_config import SpaceConfig, load_space_config
+from .target import HardwareTarget, resolve_target
+from .tuner import Progress, TuneResult, apply_best, tune
+from .workload import Workload, as_workload
+
+__all__ = [
+    "AutotuneError",
+    "BudgetError",
+    "Candidate",
+    "Database",
+    "DatabaseError",
+    "HardwareTarget",
+    "MeasureOptions",
+    "Progress",
+    "SearchSpace",
+    "SearchSpaceError",
+    "ShapeError",
+    "SpaceConfig",
+    "Status",
+    "TargetError",
+    "TrialRecord",
+    "TuneResult",
+    "UnknownOperatorError",
+    "Workload",
+    "WorkloadError",
+    "apply_best",
+    "as_workload",
+    "default_database_path",
+    "load_space_config",
+    "ops",
+    "resolve_target",
+    "tune",
+]

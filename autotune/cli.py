@@ -1,0 +1,211 @@
+"""The `autotune` command line: tune, best, demo, ops.
+
+Errors from bad input are one line on stderr and exit code 2; progress goes to a tqdm bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import ops
+from .database import Database, default_database_path
+from .errors import AutotuneError, ShapeError
+from .records import TrialRecord
+from .search_space import SearchSpace
+from .space_config import load_space_config
+from .target import resolve_target
+from .tuner import Progress, TuneResult, gflops, tune
+from .workload import Workload
+
+DEMO_OP, DEMO_SHAPE, DEMO_TRIALS = "matmul", "256,256,256", 48
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except AutotuneError as err:
+        print(f"autotune: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autotune: interrupted; every finished trial is saved in the database", file=sys.stderr)
+        return 130
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    workload = _workload(args)
+    result = _tune_with_bar(workload, args.target, args.trials, args.db, args.seed)
+    _print_result(result, args.db)
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    workload = _workload(args)
+    target = resolve_target(_target_spec(args.target))
+    with Database(args.db) as db:
+        best = db.best(workload.key, target.key)
+        others = [k for k in db.target_keys_with_records(workload.key) if k != target.key]
+    if best is None:
+        where = f"; records exist for {len(others)} other device(s)/target(s)" if others else ""
+        print(f"{workload.name}: not tuned on this target ({target.key}){where}")
+        return 1
+    print(_describe_best(workload, best))
+    if args.show:
+        from .tuner import apply_record
+
+        print(apply_record(workload, best, load_space_config(args.space)).script())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    workload = ops.make(DEMO_OP, DEMO_SHAPE)
+    print(f"autotune demo: tuning {workload.name} ({workload.flops / 1e6:.0f} MFLOP) for {args.trials} trials")
+    result = _tune_with_bar(workload, args.target, args.trials, args.db, args.seed)
+    untuned = _untuned_latency(result, args.db)
+    numpy_secs = _numpy_matmul_secs(workload)
+    rows = [("untuned TVM", untuned), ("autotune best", result.best_latency), ("NumPy (BLAS)", numpy_secs)]
+    print(f"\n{'kernel':<16}{'latency (ms)':>14}{'GFLOPS':>10}")
+    for label, secs in rows:
+        if secs:
+            print(f"{label:<16}{secs * 1e3:>14.3f}{gflops(workload, secs):>10.1f}")
+    if untuned and result.best_latency:
+        print(f"\nspeed-up over untuned: {untuned / result.best_latency:.1f}x; tuned output checked against the untuned reference")
+    print(f"database: {args.db or default_database_path()}")
+    return 0
+
+
+def cmd_ops(args: argparse.Namespace) -> int:
+    for spec in ops.OPERATORS.values():
+        options = ", ".join(f"{k} ({v})" for k, v in spec.options.items()) or "-"
+        default = ",".join(map(str, spec.default_shape))
+        print(f"{spec.name:<18} shape {spec.shape_help:<16} default {default:<22} options: {options}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _tune_with_bar(workload: Workload, target: str | None, trials: int, db: str | None, seed: int | None) -> TuneResult:
+    from tqdm import tqdm
+
+    hw = resolve_target(_target_spec(target))  # a bad target fails before the bar is drawn
+    with tqdm(total=trials, unit="trial", desc=workload.name, dynamic_ncols=True) as bar:
+
+        def on_progress(p: Progress) -> None:
+            bar.update(1)
+            if p.best_latency:
+                bar.set_postfix_str(f"best {p.best_latency * 1e3:.3f} ms, {p.best_gflops or 0:.1f} GFLOPS")
+
+        return tune(workload, hw, trials, db, seed=seed, progress=on_progress)
+
+
+def _print_result(result: TuneResult, db: str | None) -> None:
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts().items()))
+    rate = len(result.trials) / result.wall_secs if result.wall_secs else 0.0
+    print(f"{len(result.trials)} trials in {result.wall_secs:.1f} s ({rate:.2f} trials/s): {counts or 'none'}")
+    if result.best is None:
+        print("no correct candidate found")
+        return
+    print(_describe_best(result.workload, result.best))
+    print(f"database: {db or default_database_path()}  target key: {result.target.key}")
+
+
+def _describe_best(workload: Workload, best: TrialRecord) -> str:
+    rate = gflops(workload, best.latency)
+    spread = f" ± {best.latency_std * 1e3:.3f}" if best.latency_std else ""
+    perf = f", {rate:.1f} GFLOPS" if rate else ""
+    return f"{workload.name}: best {best.latency * 1e3:.3f}{spread} ms{perf} (candidate {best.candidate_key})"
+
+
+def _untuned_latency(result: TuneResult, db_path: str | None) -> float | None:
+    default_key = SearchSpace(result.workload).default_candidate().key
+    with Database(db_path) as db:
+        for record in db.trials(result.workload.key, result.target.key):
+            if record.candidate_key == default_key and record.latency:
+                return record.latency
+    return None
+
+
+def _numpy_matmul_secs(workload: Workload, repeat: int = 20) -> float:
+    a, b, _ = workload.random_inputs(0)
+    a @ b
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _workload(args: argparse.Namespace) -> Workload:
+    options = dict(_parse_option(o) for o in args.option)
+    return ops.make(args.op, args.shape, args.dtype, **options)
+
+
+def _parse_option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ShapeError(f"option {text!r} must look like KEY=VALUE (e.g. bias=true)")
+    return key.replace("-", "_"), value
+
+
+def _target_spec(text: str | None) -> Any:
+    if text is None:
+        return "llvm"
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError as err:
+            from .errors import TargetError
+
+            raise TargetError(f"--target JSON is malformed: {err}") from None
+    return stripped
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autotune", description="Tune tensor-operator schedules with TVM.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", help=f"SQLite database (default: $AUTOTUNE_DB or {default_database_path()})")
+    common.add_argument("--target", help="'llvm' (this CPU, default) or a JSON target dict")
+    workload = argparse.ArgumentParser(add_help=False)
+    workload.add_argument("op", help="built-in operator (see `autotune ops`)")
+    workload.add_argument("--shape", help="comma-separated sizes, e.g. 512,512,512 (default: the operator's)")
+    workload.add_argument("--dtype", default="float32")
+    workload.add_argument("-o", "--option", action="append", default=[], help="operator option KEY=VALUE, repeatable")
+    workload.add_argument("--space", default="cpu", help="search-space family or TOML path (default: cpu)")
+
+    p = sub.add_parser("tune", parents=[common, workload], help="tune a built-in operator and cache the results")
+    p.add_argument("--trials", type=int, default=64)
+    p.add_argument("--seed", type=int)
+    p.set_defaults(run=cmd_tune)
+    p = sub.add_parser("best", parents=[common, workload], help="show the best cached schedule of an operator")
+    p.add_argument("--show", action="store_true", help="print the scheduled TVMScript")
+    p.set_defaults(run=cmd_best)
+    p = sub.add_parser("demo", parents=[common], help=f"tune a {DEMO_OP} {DEMO_SHAPE} for about a minute")
+    p.add_argument("--trials", type=int, default=DEMO_TRIALS)
+    p.add_argument("--seed", type=int)
+    p.set_defaults(run=cmd_demo)
+    p = sub.add_parser("ops", help="list the built-in operators")
+    p.set_defaults(run=cmd_ops)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

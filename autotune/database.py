@@ -1,0 +1,336 @@
+"""The SQLite cache of tuning records: workloads, hardware targets and every measured trial.
+
+One file, shared by concurrent tuning processes for hours, so it runs in WAL mode with a busy
+timeout, commits each trial as soon as it is measured (a killed session loses nothing), and
+carries a versioned schema that upgrades itself through named migrations. Values are JSON
+text, never pickles, so any tool can read the file.
+
+Example::
+
+    with Database("cache/tuning.db") as db:
+        db.commit_trial(record)
+        best = db.best(workload.key, target_key)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from .errors import DatabaseError
+from .records import Status, TrialRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB_ENV = "AUTOTUNE_DB"
+BUSY_TIMEOUT_MS = 30_000
+
+_TRIAL_JSON_COLUMNS = ("decisions", "trace", "latencies", "versions")
+# Both tuned lookups filter on (workload_key, target_key) first; see _m001_initial's indexes.
+_OK_BY_LATENCY = "workload_key = ? AND target_key = ? AND status = 'ok' AND latency_median IS NOT NULL"
+
+
+def default_database_path() -> Path:
+    """Where the cache lives when the caller names none.
+
+    $AUTOTUNE_DB wins; inside a source checkout (pyproject.toml and cache/ beside the package)
+    it is <checkout>/cache/tuning.db so that tuning results stay with the project; otherwise
+    ~/.cache/autotune/tuning.db.
+    """
+    env = os.environ.get(DEFAULT_DB_ENV)
+    if env:
+        return Path(env).expanduser()
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "cache").is_dir():
+        return checkout / "cache" / "tuning.db"
+    return Path.home() / ".cache" / "autotune" / "tuning.db"
+
+
+class Database:
+    """The tuning-record cache in one SQLite file (or ":memory:" for tests).
+
+    Use one Database per thread or process: the SQLite connection is not shared across
+    threads, and separate connections coordinate through SQLite's own locking.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path: Path | str = _resolve_path(path)
+        self._db = _connect(self.path)
+        try:
+            _check_ours(self._db, self.path)
+            _set_pragmas(self._db, self.path)
+            _migrate(self._db, self.path)
+        except sqlite3.Error as err:
+            self._db.close()
+            raise DatabaseError(f"cannot open the tuning database {self.path}: {err}") from err
+        except BaseException:
+            self._db.close()
+            raise
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def commit_workload(self, workload: Any) -> None:
+        """Store (or refresh) a workload, so that records can be traced back to the program tuned."""
+        row = {"key": workload.key, "name": workload.name, "script": workload.script, "flops": float(workload.flops)}
+        row.update(args=_dumps([a.to_json() for a in workload.args]), created_at=time.time())
+        self._db.table("workloads").upsert(row, pk="key")
+
+    def commit_target(self, key: str, target_json: dict[str, Any], fingerprint: dict[str, Any]) -> None:
+        """Store (or refresh) a hardware target: its canonical TVM target and device fingerprint."""
+        row = {"key": key, "kind": str(target_json.get("kind", "")), "target": _dumps(target_json)}
+        row.update(fingerprint=_dumps(fingerprint), created_at=time.time())
+        self._db.table("targets").upsert(row, pk="key")
+
+    def commit_trial(self, record: TrialRecord) -> int:
+        """Insert one trial and commit it before returning; returns its row id.
+
+        The record's own `id` is ignored: every call adds a new row. With WAL and
+        synchronous=NORMAL a committed row survives a killed process; only a power loss
+        can drop the last few commits.
+        """
+        table = self._db.table("trials")
+        table.insert(_trial_row(record))
+        if table.last_rowid is None:  # cannot happen with a rowid table; guards the int() below
+            raise DatabaseError(f"{self.path}: SQLite reported no row id for the inserted trial")
+        return int(table.last_rowid)
+
+    # -- queries --------------------------------------------------------------------------
+
+    def measured_candidate_keys(self, workload_key: str, target_key: str) -> set[str]:
+        """Every candidate already measured here, whatever its status: none is measured twice."""
+        rows = self._db.query(
+            "SELECT DISTINCT candidate_key FROM trials WHERE workload_key = ? AND target_key = ?",
+            [workload_key, target_key],
+        )
+        return {row["candidate_key"] for row in rows}
+
+    def best(self, workload_key: str, target_key: str) -> TrialRecord | None:
+        """The fastest correct trial of this workload on this target, or None."""
+        top = self.top_k(workload_key, target_key, 1)
+        return top[0] if top else None
+
+    def top_k(self, workload_key: str, target_key: str, k: int) -> list[TrialRecord]:
+        """The k fastest correct trials, fastest first (ties: oldest first)."""
+        if k <= 0:
+            return []
+        rows = self._db.table("trials").rows_where(
+            _OK_BY_LATENCY, [workload_key, target_key], order_by="latency_median, id", limit=int(k)
+        )
+        return [_trial_from_row(row) for row in list(rows)]
+
+    def trials(self, workload_key: str | None = None, target_key: str | None = None) -> list[TrialRecord]:
+        """All trials, optionally of one workload and/or target, in insertion order."""
+        clauses, args = [], []
+        for column, value in (("workload_key", workload_key), ("target_key", target_key)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        where = " AND ".join(clauses) or None
+        rows = self._db.table("trials").rows_where(where, args, order_by="id")
+        return [_trial_from_row(row) for row in list(rows)]
+
+    def workload_row(self, key: str) -> dict[str, Any] | None:
+        """The stored workload as a plain dict (args decoded), or None."""
+        return self._row("workloads", key, ("args",))
+
+    def target_row(self, key: str) -> dict[str, Any] | None:
+        """The stored target as a plain dict (target and fingerprint decoded), or None."""
+        return self._row("targets", key, ("target", "fingerprint"))
+
+    def target_keys_with_records(self, workload_key: str) -> list[str]:
+        """Targets holding correct trials of this workload, so a caller can say "tuned elsewhere"."""
+        rows = self._db.query(
+            "SELECT DISTINCT target_key FROM trials WHERE workload_key = ? AND status = 'ok' ORDER BY target_key",
+            [workload_key],
+        )
+        return [row["target_key"] for row in rows]
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Database({str(self.path)!r})"
+
+    def _row(self, table: str, key: str, json_columns: tuple[str, ...]) -> dict[str, Any] | None:
+        rows = list(self._db.table(table).rows_where("key = ?", [key], limit=1))
+        if not rows:
+            return None
+        return {k: json.loads(v) if k in json_columns and v is not None else v for k, v in rows[0].items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# schema and migrations: each is applied once, in order, and recorded in _migrations.
+
+
+def _m001_initial(db: sqlite_utils.Database) -> None:
+    """Workloads, targets, trials, and the indexes that keep best/top_k/measured lookups off full scans."""
+    db.table("workloads").create(
+        {"key": str, "name": str, "script": str, "flops": float, "args": str, "created_at": float}, pk="key"
+    )
+    db.table("targets").create(
+        {"key": str, "kind": str, "target": str, "fingerprint": str, "created_at": float}, pk="key"
+    )
+    # Raw DDL because sqlite-utils' create() has no public AUTOINCREMENT (ids never reused).
+    db.execute(
+        """CREATE TABLE trials (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            workload_key TEXT NOT NULL, target_key TEXT NOT NULL, candidate_key TEXT NOT NULL,
+            decisions TEXT NOT NULL, trace TEXT, status TEXT NOT NULL,
+            latency_median REAL, latency_std REAL, latencies TEXT NOT NULL,
+            error TEXT NOT NULL DEFAULT '', build_secs REAL, versions TEXT NOT NULL, created_at REAL NOT NULL)"""
+    )
+    trials = db.table("trials")
+    trials.create_index(["workload_key", "target_key", "status", "latency_median"], index_name="idx_trials_best")
+    trials.create_index(["workload_key", "target_key", "candidate_key"], index_name="idx_trials_candidate")
+
+
+_MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_m001_initial,)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def _resolve_path(path: str | os.PathLike[str] | None) -> Path | str:
+    if path is None:
+        path = default_database_path()
+    if os.fspath(path) == ":memory:":
+        return ":memory:"
+    resolved = Path(path).expanduser()
+    if resolved.is_dir():
+        raise DatabaseError(f"the tuning database path {resolved} is a directory, not a file")
+    try:
+        resolved.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DatabaseError(f"cannot create the directory for the tuning database {resolved}: {err}") from err
+    return resolved
+
+
+def _connect(path: Path | str) -> sqlite_utils.Database:
+    try:
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error as err:
+        raise DatabaseError(f"cannot open the tuning database {path}: {err}") from err
+    return sqlite_utils.Database(conn, execute_plugins=False)
+
+
+def _check_ours(db: sqlite_utils.Database, path: Path | str) -> None:
+    """Refuse, before writing a byte, files that are not SQLite, someone else's, or from a newer autotune."""
+    try:
+        tables = {t for t in db.table_names() if not t.startswith("sqlite_")}
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as err:
+        raise DatabaseError(f"{path} is not a readable autotune database: {err}") from err
+    if tables and "_migrations" not in tables:
+        names = ", ".join(sorted(tables)[:5])
+        raise DatabaseError(f"{path} is an SQLite database but not an autotune one (tables {names}; no _migrations)")
+    _check_version(version, path)
+
+
+def _check_version(version: int, path: Path | str) -> None:
+    if version > SCHEMA_VERSION:
+        raise DatabaseError(
+            f"{path} was written by a newer autotune (schema {version}, this one reads up to {SCHEMA_VERSION})"
+        )
+
+
+def _set_pragmas(db: sqlite_utils.Database, path: Path | str) -> None:
+    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    if path == ":memory:":
+        return
+    mode = _enable_wal(db)
+    if mode != "wal":  # e.g. some network filesystems; still correct, only less concurrent.
+        log.warning("%s: SQLite refused WAL mode (journal_mode=%s)", path, mode)
+    # Safe with WAL: a crash of the process never loses a committed transaction.
+    db.execute("PRAGMA synchronous = NORMAL")
+
+
+def _enable_wal(db: sqlite_utils.Database) -> str:
+    """Switch to WAL, retrying: the switch needs an exclusive lock and SQLite answers "database is
+    locked" at once, without its busy handler, when a concurrent opener holds the file."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.002
+    while True:
+        try:
+            mode = db.journal_mode
+            return mode if mode == "wal" else db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+
+def _migrate(db: sqlite_utils.Database, path: Path | str) -> None:
+    """Apply pending migrations under one write lock, so two openers never both apply one."""
+    if _applied(db) >= {m.__name__ for m in _MIGRATIONS} and _user_version(db) == SCHEMA_VERSION:
+        return
+    with _immediate(db):
+        _check_version(_user_version(db), path)  # another process may have upgraded it meanwhile
+        db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+        done = _applied(db)
+        for migration in _MIGRATIONS:
+            if migration.__name__ not in done:
+                log.info("%s: applying migration %s", path, migration.__name__)
+                migration(db)
+                db.table("_migrations").insert({"name": migration.__name__, "applied_at": time.time()})
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _applied(db: sqlite_utils.Database) -> set[str]:
+    if not db.table("_migrations").exists():
+        return set()
+    return {row["name"] for row in db.query("SELECT name FROM _migrations")}
+
+
+def _user_version(db: sqlite_utils.Database) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+@contextmanager
+def _immediate(db: sqlite_utils.Database) -> Iterator[None]:
+    """A transaction that takes the write lock at BEGIN (waiting up to the busy timeout)."""
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise
+    db.conn.execute("COMMIT")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _trial_row(record: TrialRecord) -> dict[str, Any]:
+    """The trials row; latency_median/latency_std are derived here so that SQL can sort on them."""
+    return dict(
+        workload_key=record.workload_key, target_key=record.target_key, candidate_key=record.candidate_key,
+        decisions=_dumps(record.decisions), trace=_dumps(record.trace), status=Status(record.status).value,
+        latency_median=record.latency, latency_std=record.latency_std,
+        latencies=_dumps([float(x) for x in record.latencies]), error=record.error, build_secs=float(record.build_secs),
+        versions=_dumps(dict(record.versions)), created_at=float(record.created_at),
+    )
+
+
+def _trial_from_row(row: dict[str, Any]) -> TrialRecord:
+    data = dict(row)
+    for column in _TRIAL_JSON_COLUMNS:
+        data[column] = json.loads(row[column]) if row[column] is not None else None
+    return TrialRecord.from_json(data)

@@ -1,0 +1,234 @@
+"""Build and measure candidates in isolated worker processes.
+
+Builds run in parallel (one worker per core); runs are sequential, on one worker, so that two
+candidates never compete for the cores while they are timed. Each worker is a separate
+``python -m autotune.worker`` process spoken to in JSON lines (no pickles): a crash or a hang
+in generated code kills that worker, is recorded as the candidate's status, and a fresh worker
+takes its place. Every timed run is checked against the untuned reference on the same inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import tvm
+
+from .records import Status, TrialRecord
+from .search_space import Candidate, SearchSpace
+from .target import HardwareTarget
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    """How candidates are built and timed."""
+
+    builders: int = 0  # 0: one per core of the target
+    build_timeout: float = 120.0
+    run_timeout: float = 30.0
+    repeat: int = 5  # timed repeats; the median is the latency
+    min_repeat_ms: int = 30  # each repeat loops the kernel for at least this long
+    slow_secs: float = 0.2  # kernels slower than this get fewer repeats
+
+
+class WorkerDied(Exception):
+    """The worker process crashed or was killed for a timeout while serving a request."""
+
+    def __init__(self, status: Status, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class WorkerProcess:
+    """One `python -m autotune.worker` child; restarted on demand after it dies."""
+
+    def __init__(self, name: str, threads: int):
+        self.name = name
+        self.threads = threads
+        self._proc: subprocess.Popen[str] | None = None
+
+    def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send one request and wait for its answer; raise WorkerDied on a crash or timeout."""
+        proc = self._ensure_started()
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(json.dumps(request) + "\n")
+            proc.stdin.flush()
+        except BrokenPipeError:
+            self._reap()
+            raise WorkerDied(Status.RUN_ERROR, f"worker {self.name} exited before the request") from None
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        if not ready:
+            self.kill()
+            raise WorkerDied(Status.TIMEOUT, f"timed out after {timeout:.0f} s")
+        line = proc.stdout.readline()
+        if not line:
+            code = self._reap()
+            raise WorkerDied(Status.RUN_ERROR, f"worker crashed ({_describe_exit(code)})")
+        return json.loads(line)
+
+    def kill(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._reap()
+
+    def _ensure_started(self) -> subprocess.Popen[str]:
+        if self._proc is None or self._proc.poll() is not None:
+            package_parent = str(Path(__file__).resolve().parents[1])
+            path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
+            env = dict(os.environ, TVM_NUM_THREADS=str(self.threads), PYTHONPATH=path)
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "autotune.worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                env=env,
+            )
+        return self._proc
+
+    def _reap(self) -> int | None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        return proc.wait()
+
+
+class Measurer:
+    """Builds and runs candidates of one workload on one target; use as a context manager."""
+
+    def __init__(self, space: SearchSpace, target: HardwareTarget, options: MeasureOptions | None = None):
+        self.space = space
+        self.target = target
+        self.options = options or MeasureOptions()
+        self._tmp = tempfile.TemporaryDirectory(prefix="autotune-")
+        self._arrays_path = os.path.join(self._tmp.name, "reference.npz")
+        n_builders = self.options.builders or max(1, target.num_cores)
+        self._builders = [WorkerProcess(f"builder{i}", threads=1) for i in range(n_builders)]
+        self._runner = WorkerProcess("runner", threads=target.num_cores)
+        self._pool = ThreadPoolExecutor(max_workers=n_builders)
+        self._common = {
+            "workload_key": space.workload.key,
+            "workload_json": tvm.ir.save_json(space.workload.mod),
+            "space": dataclasses.asdict(space.config),
+            "target": target.target_json(),
+        }
+        self._outputs = [i for i, a in enumerate(space.workload.args) if a.is_output]
+        self._prepared = False
+
+    def __enter__(self) -> "Measurer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for worker in [*self._builders, self._runner]:
+            worker.kill()
+        self._tmp.cleanup()
+
+    def prepare(self) -> float:
+        """Compute the untuned reference outputs once; returns the untuned run's seconds."""
+        request = {"job": "reference", "out_path": self._arrays_path, **self._common}
+        answer = self._runner.call(request, timeout=max(600.0, self.options.run_timeout))
+        if not answer.get("ok"):
+            raise RuntimeError(f"the untuned reference failed to build or run: {answer.get('error')}")
+        self._prepared = True
+        return float(answer["secs"])
+
+    def measure(self, candidates: Sequence[Candidate]) -> Iterator[TrialRecord]:
+        """Build all candidates in parallel, then time them one by one; yields a record as each finishes."""
+        if not self._prepared:
+            self.prepare()
+        builds = list(self._pool.map(self._build, range(len(candidates)), candidates))
+        for candidate, built in zip(candidates, builds):
+            yield self._run(candidate, built)
+
+    def _build(self, index: int, candidate: Candidate) -> dict[str, Any]:
+        worker = self._builders[index % len(self._builders)]
+        out_path = os.path.join(self._tmp.name, f"{candidate.key}.so")
+        request = {"job": "build", "decisions": candidate.decisions, "out_path": out_path, **self._common}
+        try:
+            answer = worker.call(request, timeout=self.options.build_timeout)
+        except WorkerDied as died:
+            return {"ok": False, "error": f"build {died}", "status": Status.BUILD_ERROR}
+        answer["out_path"] = out_path
+        return answer
+
+    def _run(self, candidate: Candidate, built: dict[str, Any]) -> TrialRecord:
+        record = dict(
+            workload_key=self.space.workload.key,
+            target_key=self.target.key,
+            candidate_key=candidate.key,
+            decisions=candidate.decisions,
+            trace=built.get("trace"),
+            build_secs=float(built.get("build_secs", 0.0)),
+            versions=versions(),
+        )
+        if not built.get("ok"):
+            return TrialRecord(status=Status.BUILD_ERROR, error=built.get("error", ""), **record)
+        request = {
+            "job": "run",
+            "lib_path": built["out_path"],
+            "arrays_path": self._arrays_path,
+            "outputs": self._outputs,
+            "repeat": self.options.repeat,
+            "min_repeat_ms": self.options.min_repeat_ms,
+            "slow_secs": self.options.slow_secs,
+        }
+        try:
+            answer = self._runner.call(request, timeout=self.options.run_timeout)
+        except WorkerDied as died:
+            return TrialRecord(status=died.status, error=str(died), **record)
+        finally:
+            _remove(built["out_path"])
+        status = Status(answer["status"]) if answer.get("status") in Status._value2member_map_ else Status.RUN_ERROR
+        latencies = tuple(answer.get("latencies") or ())
+        return TrialRecord(status=status, latencies=latencies, error=answer.get("error", ""), **record)
+
+
+def versions() -> dict[str, str]:
+    """Versions that can change a measurement, stored with every record."""
+    from . import __version__
+
+    return {"autotune": __version__, "tvm": tvm.__version__, "python": sys.version.split()[0]}
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "no exit code"
+    if code < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass

@@ -1,0 +1,92 @@
+"""Records: what one measured candidate produced, as plain data the cache stores.
+
+A failed candidate is a record too (its status says how it failed), so that it is never
+measured again and never chosen as best.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Status(str, Enum):
+    """How a measured candidate ended."""
+
+    OK = "ok"
+    BUILD_ERROR = "build_error"
+    RUN_ERROR = "run_error"
+    TIMEOUT = "timeout"
+    WRONG_RESULT = "wrong_result"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One measured candidate of one workload on one hardware target.
+
+    `latencies` holds the per-repeat mean seconds reported by TVM's time_evaluator; the
+    median of them is the candidate's latency. `decisions` is the candidate (see
+    search_space.Candidate) and `trace` TVM's schedule trace as plain JSON, kept for interop.
+    """
+
+    workload_key: str
+    target_key: str
+    candidate_key: str
+    decisions: dict[str, Any]
+    status: Status
+    latencies: tuple[float, ...] = ()
+    trace: Any = None
+    error: str = ""
+    build_secs: float = 0.0
+    versions: dict[str, str] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+    id: int | None = None
+
+    @property
+    def latency(self) -> float | None:
+        """Median of the repeats in seconds, or None when the candidate did not run correctly."""
+        if self.status is not Status.OK or not self.latencies:
+            return None
+        return statistics.median(self.latencies)
+
+    @property
+    def latency_std(self) -> float | None:
+        if self.status is not Status.OK or len(self.latencies) < 2:
+            return None
+        return statistics.stdev(self.latencies)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "workload_key": self.workload_key,
+            "target_key": self.target_key,
+            "candidate_key": self.candidate_key,
+            "decisions": self.decisions,
+            "status": self.status.value,
+            "latencies": list(self.latencies),
+            "trace": self.trace,
+            "error": self.error,
+            "build_secs": self.build_secs,
+            "versions": dict(self.versions),
+            "created_at": self.created_at,
+        }
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> "TrialRecord":
+        return TrialRecord(
+            workload_key=data["workload_key"],
+            target_key=data["target_key"],
+            candidate_key=data["candidate_key"],
+            decisions=data["decisions"],
+            status=Status(data["status"]),
+            latencies=tuple(float(x) for x in data.get("latencies") or ()),
+            trace=data.get("trace"),
+            error=data.get("error") or "",
+            build_secs=float(data.get("build_secs") or 0.0),
+            versions=dict(data.get("versions") or {}),
+            created_at=float(data.get("created_at") or time.time()),
+            id=data.get("id"),
+        )

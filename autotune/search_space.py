@@ -1,0 +1,420 @@
+"""The search space: rules that turn a workload's blocks into a space of schedules.
+
+No per-operator template: `SearchSpace.__init__` analyses the PrimFunc's blocks once and gives
+each a rule, with parameter domains from search_spaces/*.toml:
+
+- inline:     elementwise producers (padding, bias adds, the exp of a softmax) are inlined;
+- tile:       blocks with a reduction and data reuse (matmul, conv, ...) get multi-level tiling,
+              a local accumulator and their elementwise epilogue fused at a searched level;
+- compute_at: producers without reuse (softmax's max/sum) go inside their consumer's loops at a
+              searched depth, or stay at the root;
+- loops:      other blocks get parallel outer loops and a vectorized inner loop.
+
+A `Candidate` is plain JSON decisions; `apply_candidate` replays them deterministically with
+`tvm.s_tir.Schedule` primitives. Sampling draws decisions and keeps the first that TVM accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import tvm
+from tvm import s_tir
+from tvm.tirx.analysis import undefined_vars
+
+from .space_config import SpaceConfig, load_space_config
+from .workload import Workload
+
+CANDIDATE_FORMAT = 1
+_MAX_SAMPLE_ATTEMPTS = 64
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the space: JSON-able decisions per block plus global ones."""
+
+    decisions: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        text = json.dumps(self.decisions, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+    def to_json(self) -> dict[str, Any]:
+        return self.decisions
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> "Candidate":
+        return Candidate(data)
+
+
+@dataclass(frozen=True)
+class BlockRule:
+    """The rule chosen for one block and the facts its decisions are drawn from."""
+
+    block: str
+    rule: str  # "tile" | "compute_at" | "loops"
+    spatial: tuple[int, ...] = ()  # extents of the block's spatial loops, in loop order
+    reduction: tuple[int, ...] = ()  # extents of its reduction loops
+    epilogue: str | None = None  # tile: the elementwise consumer fused into the tile
+    epilogue_inline: bool = False  # tile: the epilogue can be inlined into the write-back
+    depths: tuple[int, ...] = ()  # compute_at: feasible depths in the consumer (0 = root)
+    consumer: str | None = None
+
+
+@dataclass
+class SearchSpace:
+    """The schedules of one workload reachable by the rules, and how to sample and apply them."""
+
+    workload: Workload
+    config: SpaceConfig = field(default_factory=load_space_config)
+    inlined: tuple[str, ...] = ()
+    rules: tuple[BlockRule, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.rules:
+            self.inlined, self.rules = _analyse(self.workload, self.config)
+
+    def sample(self, rng: random.Random) -> Candidate:
+        """A random candidate that TVM accepts (the default schedule if none is found)."""
+        for _ in range(_MAX_SAMPLE_ATTEMPTS):
+            candidate = Candidate(self._draw(rng))
+            if self.is_valid(candidate):
+                return candidate
+        return self.default_candidate()
+
+    def default_candidate(self) -> Candidate:
+        """Every block at the root, no tiling: always valid, the untuned baseline."""
+        return Candidate({"format": CANDIDATE_FORMAT, "blocks": {}, "unroll": 0})
+
+    def is_valid(self, candidate: Candidate) -> bool:
+        try:
+            apply_candidate(self, candidate)
+        except (RuntimeError, ValueError, IndexError, KeyError, TypeError):
+            return False
+        return True
+
+    def _draw(self, rng: random.Random) -> dict[str, Any]:
+        blocks = {r.block: _draw_block(r, self.config, rng) for r in self.rules}
+        _keep_attached_loops_serial(self.rules, blocks)
+        return {"format": CANDIDATE_FORMAT, "blocks": blocks, "unroll": rng.choice(self.config.unroll_steps)}
+
+
+def apply_candidate(space: SearchSpace, candidate: Candidate) -> s_tir.Schedule:
+    """Replay a candidate's decisions on the workload; the same candidate always gives the same schedule."""
+    sch = s_tir.Schedule(space.workload.mod)
+    decisions = candidate.decisions.get("blocks", {})
+    # Step 1. Inline elementwise producers (not a decision: it always helps on CPU).
+    for name in space.inlined:
+        sch.compute_inline(sch.get_sblock(name))
+    rules = [r for r in space.rules if r.block in decisions]
+    # Step 2. Compute producers inside their consumers, consumers first so their loops are intact.
+    for rule in reversed([r for r in rules if r.rule == "compute_at"]):
+        depth = decisions[rule.block]["depth"]
+        if depth > 0:
+            loops = sch.get_loops(sch.get_sblock(rule.consumer))
+            sch.compute_at(sch.get_sblock(rule.block), loops[depth - 1], preserve_unit_loops=True)
+    # Step 3. Tile the blocks with reuse; give the others parallel and vector loops.
+    for rule in rules:
+        if rule.rule == "tile":
+            _apply_tiling(sch, rule, decisions[rule.block], space.config)
+        elif rule.rule == "loops" or (rule.rule == "compute_at" and decisions[rule.block]["depth"] == 0):
+            _apply_loops(sch, rule, decisions[rule.block])
+    # Step 4. Unroll annotations on every outermost loop.
+    _annotate_unroll(sch, int(candidate.decisions.get("unroll", 0)))
+    return sch
+
+
+def trace_json(sch: s_tir.Schedule) -> Any:
+    """TVM's trace of the schedule as plain JSON, stored beside the decisions for interop."""
+    return _plain(sch.trace.as_json())
+
+
+# ---------------------------------------------------------------------------------------------
+# analysis: which rule applies to which block
+
+
+def _analyse(workload: Workload, config: SpaceConfig) -> tuple[tuple[str, ...], tuple[BlockRule, ...]]:
+    sch = s_tir.Schedule(workload.mod)
+    root = sch.get_sblock("root")
+    outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
+    inlined = []
+    for block in list(sch.get_child_blocks(root)):
+        name = sch.get(block).name_hint
+        if name not in outputs and not _reduction_iters(sch, block) and _try(sch.compute_inline, block):
+            inlined.append(name)
+    blocks = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
+    tiled = {n for n in blocks if _has_reuse(sch, sch.get_sblock(n))}
+    epilogues = {t: _epilogue_of(sch, t, tiled) for t in tiled}
+    rules = []
+    for name in blocks:
+        if name in tiled:
+            rules.append(_tile_rule(sch, name, epilogues[name]))
+        elif name not in epilogues.values():
+            rules.append(_placement_rule(sch, name, tiled, config))
+    return tuple(inlined), tuple(r for r in rules if r is not None)
+
+
+def _tile_rule(sch: s_tir.Schedule, name: str, epilogue: str | None) -> BlockRule:
+    spatial, reduction = _loop_extents(sch, sch.get_sblock(name))
+    inline_ok = False
+    if epilogue is not None:
+        probe = sch.copy()
+        writeback = probe.cache_write(probe.get_sblock(name), 0, "local")
+        inline_ok = _try(probe.reverse_compute_inline, probe.get_sblock(epilogue)) and writeback is not None
+    return BlockRule(name, "tile", spatial, reduction, epilogue=epilogue, epilogue_inline=inline_ok)
+
+
+def _placement_rule(sch: s_tir.Schedule, name: str, tiled: set[str], config: SpaceConfig) -> BlockRule | None:
+    block = sch.get_sblock(name)
+    if not _has_trivial_loops(sch, block):
+        return None
+    spatial, reduction = _loop_extents(sch, block)
+    consumers = [sch.get(c).name_hint for c in sch.get_consumers(block)]
+    if config.compute_location and len(consumers) == 1 and consumers[0] not in tiled:
+        depths = _feasible_depths(sch, name, consumers[0])
+        if len(depths) > 1:
+            return BlockRule(name, "compute_at", spatial, reduction, depths=depths, consumer=consumers[0])
+    return BlockRule(name, "loops", spatial, reduction)
+
+
+def _feasible_depths(sch: s_tir.Schedule, name: str, consumer: str) -> tuple[int, ...]:
+    depths = [0]
+    n_loops = len(sch.get_loops(sch.get_sblock(consumer)))
+    for depth in range(1, n_loops + 1):
+        probe = sch.copy()
+        loop = probe.get_loops(probe.get_sblock(consumer))[depth - 1]
+        if _try(probe.compute_at, probe.get_sblock(name), loop, True):
+            depths.append(depth)
+    return tuple(depths)
+
+
+def _epilogue_of(sch: s_tir.Schedule, name: str, tiled: set[str]) -> str | None:
+    """The single elementwise consumer of a tiled block, fused into its tile."""
+    consumers = sch.get_consumers(sch.get_sblock(name))
+    if len(consumers) != 1:
+        return None
+    consumer = consumers[0]
+    cname = sch.get(consumer).name_hint
+    producers = [sch.get(p).name_hint for p in sch.get_producers(consumer)]
+    if cname in tiled or _reduction_iters(sch, consumer) or producers != [name]:
+        return None
+    return cname if _has_trivial_loops(sch, consumer) else None
+
+
+def _has_reuse(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    """A reduction whose inputs are each indexed by only some spatial iterators: tiling pays."""
+    stmt = sch.get(block)
+    if not _reduction_iters(sch, block) or not _has_trivial_loops(sch, block):
+        return False
+    spatial = {iv.var.name for iv in stmt.iter_vars if int(iv.iter_type) == 0}
+    for region in stmt.reads:
+        used = {v.name for r in region.region for v in undefined_vars(r.min)}
+        if spatial - used:
+            return True
+    return False
+
+
+def _reduction_iters(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> list[Any]:
+    return [iv for iv in sch.get(block).iter_vars if int(iv.iter_type) != 0]
+
+
+def _has_trivial_loops(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    """One loop per block iterator, spatial loops first: the shape our rules know how to transform."""
+    stmt = sch.get(block)
+    loops = sch.get_loops(block)
+    if len(loops) != len(stmt.iter_vars) or not loops:
+        return False
+    kinds = [int(iv.iter_type) != 0 for iv in stmt.iter_vars]
+    return kinds == sorted(kinds) and all(isinstance(sch.get(lp).extent, tvm.tirx.IntImm) for lp in loops)
+
+
+def _loop_extents(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    loops = [int(sch.get(lp).extent) for lp in sch.get_loops(block)]
+    n_reduce = len(_reduction_iters(sch, block))
+    return tuple(loops[: len(loops) - n_reduce]), tuple(loops[len(loops) - n_reduce :])
+
+
+def _try(fn: Any, *args: Any) -> bool:
+    try:
+        fn(*args)
+    except RuntimeError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling
+
+
+def _draw_block(rule: BlockRule, config: SpaceConfig, rng: random.Random) -> dict[str, Any]:
+    if rule.rule == "tile":
+        last = len(rule.spatial) - 1
+        return {
+            "spatial": [
+                _draw_tile(e, config.spatial_levels, config, rng, vectorized=(i == last))
+                for i, e in enumerate(rule.spatial)
+            ],
+            "reduction": [_draw_tile(e, config.reduction_levels, config, rng) for e in rule.reduction],
+            "write_level": rng.choice(config.write_levels),
+            "accumulator": rng.choice(config.accumulator_scopes),
+        }
+    loops = _draw_loops(rule, config, rng)
+    if rule.rule == "compute_at":
+        return {"depth": rng.choice(rule.depths), **loops}
+    return loops
+
+
+def _keep_attached_loops_serial(rules: tuple[BlockRule, ...], blocks: dict[str, Any]) -> None:
+    """A consumer's loops that hold a computed-at producer may be fused for parallelism but not vectorized.
+
+    TVM accepts vectorizing a loop around a reduction block and then computes wrong numbers,
+    so the draw never asks for it.
+    """
+    for rule in rules:
+        depth = blocks[rule.block].get("depth", 0)
+        if rule.rule != "compute_at" or depth == 0:
+            continue
+        consumer = blocks[rule.consumer]
+        consumer["parallel"] = min(consumer["parallel"], depth)
+        consumer_rule = next(r for r in rules if r.block == rule.consumer)
+        if depth >= len(consumer_rule.spatial):
+            consumer["vector"] = 1
+
+
+def _draw_loops(rule: BlockRule, config: SpaceConfig, rng: random.Random) -> dict[str, Any]:
+    last = rule.spatial[-1] if rule.spatial else 1
+    vectors = [v for v in config.loop_vector_factors if last % v == 0] or [1]
+    return {"parallel": rng.randint(0, len(rule.spatial)), "vector": rng.choice(vectors)}
+
+
+def _draw_tile(extent: int, levels: int, config: SpaceConfig, rng: random.Random, vectorized: bool = False) -> list[int]:
+    """Factors (outermost first) whose product is the extent, so every shape tiles exactly."""
+    divisors = _divisors(extent)
+    inner_choices = [d for d in divisors if d <= config.max_innermost_factor]
+    preferred = [d for d in config.vector_factors if extent % d == 0]
+    if vectorized and preferred and rng.random() < config.vector_factor_probability:
+        inner_choices = preferred
+    factors = [rng.choice(inner_choices)]
+    rest = extent // factors[0]
+    for _ in range(levels - 2):
+        factors.append(rng.choice(_divisors(rest)))
+        rest //= factors[-1]
+    factors.append(rest)
+    return list(reversed(factors))
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+# ---------------------------------------------------------------------------------------------
+# application
+
+
+def _apply_tiling(sch: s_tir.Schedule, rule: BlockRule, d: dict[str, Any], config: SpaceConfig) -> None:
+    block = sch.get_sblock(rule.block)
+    loops = sch.get_loops(block)
+    n_spatial = len(rule.spatial)
+    s_tiles = [sch.split(lp, factors=f) for lp, f in zip(loops[:n_spatial], d["spatial"])]
+    r_tiles = [sch.split(lp, factors=f) for lp, f in zip(loops[n_spatial:], d["reduction"])]
+    order, s_level, r_level, anchors = [], 0, 0, {}
+    for kind in config.structure:
+        if kind == "S":
+            order += [t[s_level] for t in s_tiles]
+            s_level += 1
+            anchors[s_level] = order[-1]
+        else:
+            order += [t[r_level] for t in r_tiles]
+            r_level += 1
+    sch.reorder(*order)
+    anchor = anchors[d["write_level"]]
+    writeback = None
+    if d["accumulator"] == "local":
+        writeback = sch.cache_write(block, 0, "local")
+        sch.reverse_compute_at(writeback, anchor, preserve_unit_loops=True)
+    if rule.epilogue is not None:
+        epilogue = sch.get_sblock(rule.epilogue)
+        if writeback is not None and rule.epilogue_inline:
+            sch.reverse_compute_inline(epilogue)
+        else:
+            sch.reverse_compute_at(epilogue, anchor, preserve_unit_loops=True)
+            _vectorize_innermost(sch, epilogue, config)
+    if writeback is not None:
+        _vectorize_innermost(sch, writeback, config)
+    # Vectorize before decomposing the reduction: TVM only vectorizes blocks that still have their init.
+    if d["spatial"][-1][-1] > 1:
+        sch.vectorize(s_tiles[-1][-1])
+    outer = [t[0] for t in s_tiles]
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    if _product(f[0] for f in d["spatial"]) > 1:
+        sch.parallel(fused)
+    if r_tiles:
+        init = sch.decompose_reduction(block, r_tiles[0][0])
+        _vectorize_innermost(sch, init, config)
+
+
+def _apply_loops(sch: s_tir.Schedule, rule: BlockRule, d: dict[str, Any]) -> None:
+    block = sch.get_sblock(rule.block)
+    loops = sch.get_loops(block)
+    n_spatial = len(rule.spatial)
+    if d["vector"] > 1 and n_spatial:
+        outer, inner = sch.split(loops[n_spatial - 1], factors=[None, d["vector"]])
+        if len(loops) > n_spatial:
+            sch.reorder(outer, *loops[n_spatial:], inner)
+        sch.vectorize(inner)
+        loops = sch.get_loops(block)
+    if d["parallel"] >= 1 and n_spatial:
+        lead = loops[: d["parallel"]]
+        fused = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+        sch.parallel(fused)
+
+
+def _vectorize_innermost(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, config: SpaceConfig) -> None:
+    """Vectorize a copy/epilogue block's last loop, split so that the vector is at most 64 lanes."""
+    loop = sch.get_loops(block)[-1]
+    extent = int(sch.get(loop).extent)
+    if extent <= 1 or sch.get(loop).kind != tvm.tirx.ForKind.SERIAL:
+        return
+    lanes = max(d for d in _divisors(extent) if d <= max(config.vector_factors))
+    if lanes < extent:
+        loop = sch.split(loop, factors=[None, lanes])[1]
+    if lanes > 1:
+        sch.vectorize(loop)
+
+
+def _annotate_unroll(sch: s_tir.Schedule, max_step: int) -> None:
+    if max_step <= 0:
+        return
+    seen: list[Any] = []
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        loops = sch.get_loops(block)
+        if loops and not any(sch.get(loops[0]).same_as(s) for s in seen):
+            seen.append(sch.get(loops[0]))
+            sch.annotate(loops[0], "pragma_auto_unroll_max_step", max_step)
+            sch.annotate(loops[0], "pragma_unroll_explicit", 1)
+
+
+def _product(values: Any) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
+def _plain(obj: Any) -> Any:
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, tvm.tirx.IntImm):
+        return int(obj.value)
+    if isinstance(obj, tvm.tirx.FloatImm):
+        return float(obj.value)
+    if hasattr(obj, "items"):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if hasattr(obj, "__iter__"):
+        return [_plain(v) for v in obj]
+    return str(obj)

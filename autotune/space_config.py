@@ -1,0 +1,142 @@
+"""Rule parameters of the search space, read from `search_spaces/<family>.toml`.
+
+The rules themselves live in search_space.py; their parameter domains live in TOML so that a
+user can adapt the space to new hardware without touching code. A bad file gets a clear error
+naming the offending key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import SearchSpaceError
+
+SEARCH_SPACES_ENV = "AUTOTUNE_SEARCH_SPACES"
+
+# section -> key -> (python type, element type for lists or None)
+_SCHEMA: dict[str, dict[str, tuple[type, type | None]]] = {
+    "tiling": {
+        "structure": (str, None),
+        "max_innermost_factor": (int, None),
+        "vector_factors": (list, int),
+        "vector_factor_probability": (float, None),
+        "write_levels": (list, int),
+        "accumulator_scopes": (list, str),
+    },
+    "loops": {"vector_factors": (list, int)},
+    "compute_location": {"enabled": (bool, None)},
+    "unroll": {"max_steps": (list, int)},
+}
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """Parameter domains of the scheduling rules (see search_spaces/cpu.toml for their meaning)."""
+
+    structure: str
+    max_innermost_factor: int
+    vector_factors: tuple[int, ...]
+    vector_factor_probability: float
+    write_levels: tuple[int, ...]
+    accumulator_scopes: tuple[str, ...]
+    loop_vector_factors: tuple[int, ...]
+    compute_location: bool
+    unroll_steps: tuple[int, ...]
+    source: str
+
+    @property
+    def spatial_levels(self) -> int:
+        return self.structure.count("S")
+
+    @property
+    def reduction_levels(self) -> int:
+        return self.structure.count("R")
+
+
+def search_spaces_dir() -> Path:
+    """Folder of the shipped TOML files: $AUTOTUNE_SEARCH_SPACES, else the checkout's search_spaces/."""
+    env = os.environ.get(SEARCH_SPACES_ENV)
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "search_spaces"
+
+
+def load_space_config(family_or_path: str | os.PathLike = "cpu") -> SpaceConfig:
+    """Read and validate a search-space file: a family name ("cpu") or a path to a .toml file."""
+    path = Path(family_or_path)
+    if path.suffix != ".toml":
+        path = search_spaces_dir() / f"{family_or_path}.toml"
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SearchSpaceError(f"search-space file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise SearchSpaceError(f"cannot read search-space file {path}: {err}") from None
+    _validate(data, path)
+    return _to_config(data, path)
+
+
+def _validate(data: dict[str, Any], path: Path) -> None:
+    for section, keys in data.items():
+        if section not in _SCHEMA:
+            raise SearchSpaceError(f"{path}: unknown section [{section}] (known: {', '.join(_SCHEMA)})")
+        if not isinstance(keys, dict):
+            raise SearchSpaceError(f"{path}: [{section}] must be a table")
+        for key, value in keys.items():
+            if key not in _SCHEMA[section]:
+                raise SearchSpaceError(f"{path}: unknown key {section}.{key} (known: {', '.join(_SCHEMA[section])})")
+            _check_type(f"{section}.{key}", value, *_SCHEMA[section][key], path=path)
+    for section, keys in _SCHEMA.items():
+        for key in keys:
+            if key not in data.get(section, {}):
+                raise SearchSpaceError(f"{path}: missing key {section}.{key}")
+    _check_values(data, path)
+
+
+def _check_type(name: str, value: Any, kind: type, item: type | None, path: Path) -> None:
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if ok and kind is list:
+        ok = bool(value) and all(isinstance(v, item) and not isinstance(v, bool) for v in value)
+    if not ok:
+        expected = f"a non-empty list of {item.__name__}" if kind is list and item else kind.__name__
+        raise SearchSpaceError(f"{path}: {name} must be {expected}, got {value!r}")
+
+
+def _check_values(data: dict[str, Any], path: Path) -> None:
+    tiling = data["tiling"]
+    structure = tiling["structure"]
+    if set(structure) - {"S", "R"} or not structure.startswith("S") or "R" not in structure:
+        raise SearchSpaceError(f"{path}: tiling.structure must be S/R letters starting with S, got {structure!r}")
+    problems = {
+        "tiling.max_innermost_factor": tiling["max_innermost_factor"] < 1,
+        "tiling.vector_factors": min(tiling["vector_factors"]) < 1,
+        "tiling.vector_factor_probability": not 0.0 <= tiling["vector_factor_probability"] <= 1.0,
+        "tiling.write_levels": not all(1 <= v < structure.count("S") for v in tiling["write_levels"]),
+        "tiling.accumulator_scopes": not set(tiling["accumulator_scopes"]) <= {"local", "global"},
+        "loops.vector_factors": min(data["loops"]["vector_factors"]) < 1,
+        "unroll.max_steps": min(data["unroll"]["max_steps"]) < 0,
+    }
+    for key, bad in problems.items():
+        if bad:
+            section, name = key.split(".")
+            raise SearchSpaceError(f"{path}: {key} has an invalid value {data[section][name]!r}")
+
+
+def _to_config(data: dict[str, Any], path: Path) -> SpaceConfig:
+    tiling = data["tiling"]
+    return SpaceConfig(
+        structure=tiling["structure"],
+        max_innermost_factor=tiling["max_innermost_factor"],
+        vector_factors=tuple(tiling["vector_factors"]),
+        vector_factor_probability=float(tiling["vector_factor_probability"]),
+        write_levels=tuple(tiling["write_levels"]),
+        accumulator_scopes=tuple(tiling["accumulator_scopes"]),
+        loop_vector_factors=tuple(data["loops"]["vector_factors"]),
+        compute_location=data["compute_location"]["enabled"],
+        unroll_steps=tuple(data["unroll"]["max_steps"]),
+        source=str(path),
+    )

@@ -1,0 +1,178 @@
+"""The tuning loop and "apply best": ask → measure → tell → commit, then replay the best record.
+
+Every measured trial is committed to the database as soon as it finishes, so a killed session
+loses nothing it measured, and a later session never measures the same candidate again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import tvm
+
+from .database import Database
+from .errors import BudgetError
+from .measure import MeasureOptions, Measurer
+from .records import TrialRecord
+from .search import RandomSearch, SearchStrategy
+from .search_space import Candidate, SearchSpace, apply_candidate
+from .space_config import SpaceConfig, load_space_config
+from .target import HardwareTarget, resolve_target
+from .workload import Workload, as_workload
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("random",)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a progress callback is told after each measured trial."""
+
+    done: int
+    total: int
+    record: TrialRecord
+    best_latency: float | None
+    best_gflops: float | None
+
+
+@dataclass(frozen=True, eq=False)
+class TuneResult:
+    """Outcome of `tune`: the best correct record for this workload and target (this session or earlier)."""
+
+    workload: Workload
+    target: HardwareTarget
+    best: TrialRecord | None
+    mod: tvm.IRModule | None
+    trials: tuple[TrialRecord, ...] = field(default=())
+    baseline_latency: float | None = None
+    wall_secs: float = 0.0
+
+    @property
+    def best_latency(self) -> float | None:
+        """Median seconds of the best correct candidate."""
+        return self.best.latency if self.best else None
+
+    @property
+    def best_gflops(self) -> float | None:
+        return gflops(self.workload, self.best_latency)
+
+    def counts(self) -> dict[str, int]:
+        """How this session's trials ended, by status."""
+        out: dict[str, int] = {}
+        for record in self.trials:
+            out[record.status.value] = out.get(record.status.value, 0) + 1
+        return out
+
+
+def tune(
+    workload: Any,
+    target: Any = "llvm",
+    trials: int = 64,
+    database: str | os.PathLike[str] | Database | None = None,
+    *,
+    space: str | os.PathLike[str] | SpaceConfig = "cpu",
+    strategy: str = "random",
+    batch_size: int = 16,
+    seed: int | None = None,
+    measure: MeasureOptions | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    name: str | None = None,
+) -> TuneResult:
+    """Search `trials` new schedules for a workload on a target, measuring and caching each.
+
+    Example: ``autotune.tune([A, B, C], target="llvm", trials=64, database="cache/tuning.db")``.
+    """
+    if trials < 1 or batch_size < 1:
+        raise BudgetError(f"trials and batch_size must be at least 1 (got trials={trials}, batch_size={batch_size})")
+    work = as_workload(workload, name=name)
+    hw = resolve_target(target)
+    search_space = SearchSpace(work, space if isinstance(space, SpaceConfig) else load_space_config(space))
+    start = time.perf_counter()
+    with _open(database) as db:
+        db.commit_workload(work)
+        db.commit_target(hw.key, hw.target_json(), hw.fingerprint)
+        search = _strategy(strategy, search_space, seed, db.measured_candidate_keys(work.key, hw.key))
+        measured: list[TrialRecord] = []
+        with Measurer(search_space, hw, measure) as measurer:
+            baseline = measurer.prepare()
+            while len(measured) < trials:
+                batch = search.ask(min(batch_size, trials - len(measured)))
+                if not batch:
+                    logger.info("search space exhausted after %d trials", len(measured))
+                    break
+                for record in measurer.measure(batch):
+                    record = _with_id(record, db.commit_trial(record))
+                    measured.append(record)
+                    search.tell([record])
+                    if progress is not None:
+                        progress(_progress(db, work, hw, record, len(measured), trials))
+        best = db.best(work.key, hw.key)
+    mod = apply_record(work, best, search_space.config) if best else None
+    return TuneResult(work, hw, best, mod, tuple(measured), baseline, time.perf_counter() - start)
+
+
+def apply_best(
+    workload: Any,
+    target: Any = "llvm",
+    database: str | os.PathLike[str] | Database | None = None,
+    *,
+    space: str | os.PathLike[str] | SpaceConfig = "cpu",
+) -> tvm.IRModule | None:
+    """The workload with its best cached schedule applied, or None when it was never tuned on this target."""
+    work = as_workload(workload)
+    hw = resolve_target(target)
+    with _open(database) as db:
+        best = db.best(work.key, hw.key)
+    if best is None:
+        return None
+    return apply_record(work, best, space if isinstance(space, SpaceConfig) else load_space_config(space))
+
+
+def apply_record(workload: Workload, record: TrialRecord, config: SpaceConfig) -> tvm.IRModule:
+    """Replay a record's decisions on the workload."""
+    return apply_candidate(SearchSpace(workload, config), Candidate(record.decisions)).mod
+
+
+def gflops(workload: Workload, latency: float | None) -> float | None:
+    if not latency or not workload.flops:
+        return None
+    return workload.flops / latency / 1e9
+
+
+def _strategy(name: str, space: SearchSpace, seed: int | None, measured: set[str]) -> SearchStrategy:
+    if name == "random":
+        return RandomSearch(space, seed=seed, measured=measured)
+    raise BudgetError(f"unknown search strategy {name!r} (known: {', '.join(STRATEGIES)})")
+
+
+def _progress(db: Database, work: Workload, hw: HardwareTarget, record: TrialRecord, done: int, total: int) -> Progress:
+    best = db.best(work.key, hw.key)
+    latency = best.latency if best else None
+    return Progress(done, total, record, latency, gflops(work, latency))
+
+
+def _with_id(record: TrialRecord, row_id: int) -> TrialRecord:
+    return replace(record, id=row_id)
+
+
+class _open:
+    """Use a Database the caller passed as is; open (and close) one from a path otherwise."""
+
+    def __init__(self, database: str | os.PathLike[str] | Database | None):
+        self._given = database if isinstance(database, Database) else None
+        self._path = None if self._given else database
+        self._db: Database | None = None
+
+    def __enter__(self) -> Database:
+        self._db = self._given or Database(self._path)
+        return self._db
+
+    def __exit__(self, *exc: object) -> None:
+        if self._given is None and self._db is not None:
+            self._db.close()
+

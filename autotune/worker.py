@@ -1,0 +1,136 @@
+"""The child side of measurement: a long-lived process that builds or runs one candidate per request.
+
+Started by measure.WorkerProcess as ``python -m autotune.worker``. It reads one JSON request per
+line on stdin and answers one JSON line on the protocol pipe. Generated code runs only here, so
+a segfault or hang kills this process and never the tuning session. TVM is imported once per
+process (about 0.5-2.5 s), not once per candidate; nothing here imports tvm.s_tir.tensor_intrin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+import numpy as np
+import tvm
+
+from .search_space import Candidate, SearchSpace, apply_candidate, trace_json
+from .space_config import SpaceConfig
+from .workload import Workload, as_workload
+
+_workloads: dict[str, Workload] = {}
+_spaces: dict[str, SearchSpace] = {}
+_arrays: dict[str, dict[str, np.ndarray]] = {}
+
+
+def build(req: dict[str, Any]) -> dict[str, Any]:
+    """Apply the candidate's decisions, compile, and export a shared library to req["out_path"]."""
+    start = time.perf_counter()
+    space = _space(req)
+    sch = apply_candidate(space, Candidate(req["decisions"]))
+    target = tvm.target.Target(req["target"])
+    tvm.compile(sch.mod, target=target).export_library(req["out_path"])
+    return {"ok": True, "trace": trace_json(sch), "build_secs": time.perf_counter() - start}
+
+
+def reference(req: dict[str, Any]) -> dict[str, Any]:
+    """Build the untuned function, run it on seeded random inputs, save inputs and outputs to req["out_path"]."""
+    workload = _workload(req)
+    lib = tvm.compile(workload.mod, target=tvm.target.Target(req["target"]))
+    arrays = workload.random_inputs(seed=req.get("seed", 0))
+    dev = tvm.cpu()
+    tensors = [tvm.runtime.tensor(a, dev) for a in arrays]
+    start = time.perf_counter()
+    lib["main"](*tensors)
+    secs = time.perf_counter() - start
+    saved = {f"arg{i}": t.numpy() for i, t in enumerate(tensors)}
+    np.savez(req["out_path"], **saved)
+    return {"ok": True, "secs": secs}
+
+
+def run(req: dict[str, Any]) -> dict[str, Any]:
+    """Time a built candidate, then check the outputs of the timed runs against the reference."""
+    lib = tvm.runtime.load_module(req["lib_path"])
+    expected = _reference_arrays(req["arrays_path"])
+    outputs = set(req["outputs"])
+    dev = tvm.cpu()
+    args = [
+        tvm.runtime.tensor(np.zeros_like(a) if i in outputs else a, dev)
+        for i, a in enumerate(expected[f"arg{i}"] for i in range(len(expected)))
+    ]
+    # One run first: it checks that the code runs at all and sizes the timing loop.
+    start = time.perf_counter()
+    lib["main"](*args)
+    once = time.perf_counter() - start
+    repeat = req["repeat"] if once < req["slow_secs"] else max(2, req["repeat"] // 3)
+    evaluator = lib.time_evaluator("main", dev, number=1, repeat=repeat, min_repeat_ms=req["min_repeat_ms"])
+    latencies = list(evaluator(*args).results)
+    for i in sorted(outputs):
+        got, want = args[i].numpy(), expected[f"arg{i}"]
+        if not _close(got, want):
+            err = float(np.max(np.abs(got.astype("float64") - want.astype("float64"))))
+            return {"status": "wrong_result", "latencies": latencies, "error": f"output {i} differs by up to {err:.3g}"}
+    return {"status": "ok", "latencies": latencies, "error": ""}
+
+
+def _close(got: np.ndarray, want: np.ndarray) -> bool:
+    if want.dtype.kind in "iub":
+        return bool(np.array_equal(got, want))
+    scale = float(np.max(np.abs(want))) if want.size else 1.0
+    return bool(np.allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, scale), equal_nan=True))
+
+
+def _workload(req: dict[str, Any]) -> Workload:
+    key = req["workload_key"]
+    if key not in _workloads:
+        mod = tvm.ir.load_json(req["workload_json"])
+        _workloads[key] = as_workload(mod, name=key)
+    return _workloads[key]
+
+
+def _space(req: dict[str, Any]) -> SearchSpace:
+    key = req["workload_key"] + json.dumps(req["space"], sort_keys=True)
+    if key not in _spaces:
+        config = SpaceConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in req["space"].items()})
+        _spaces[key] = SearchSpace(_workload(req), config)
+    return _spaces[key]
+
+
+def _reference_arrays(path: str) -> dict[str, np.ndarray]:
+    if path not in _arrays:
+        with np.load(path) as data:
+            _arrays[path] = {k: data[k] for k in data.files}
+    return _arrays[path]
+
+
+JOBS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"build": build, "reference": reference, "run": run}
+
+
+def main() -> None:
+    """Serve requests until stdin closes. Protocol answers go to a private copy of stdout."""
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints from TVM/LLVM must not corrupt the protocol
+    for line in sys.stdin:
+        req = json.loads(line)
+        try:
+            answer = JOBS[req["job"]](req)
+        except Exception as err:  # a failing candidate is data: report it, stay alive
+            answer = {"ok": False, "status": "error", "error": _describe(err)}
+        protocol.write(json.dumps(answer) + "\n")
+        protocol.flush()
+
+
+def _describe(err: BaseException) -> str:
+    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+    message = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
+    where = traceback.extract_tb(err.__traceback__)[-1:] if err.__traceback__ else []
+    origin = f" ({where[0].name})" if where else ""
+    return f"{type(err).__name__}{origin}: {message}"[:2000]
+
+
+if __name__ == "__main__":
+    main()
