@@ -20,7 +20,7 @@ from .records import TrialRecord
 from .search_space import SearchSpace
 from .space_config import load_space_config
 from .target import resolve_target
-from .tuner import Progress, TuneResult, gflops, tune
+from .tuner import Progress, TuneResult, check_budget, gflops, tune
 from .workload import Workload
 
 DEMO_OP, DEMO_SHAPE, DEMO_TRIALS = "matmul", "256,256,256", 48
@@ -103,7 +103,8 @@ def cmd_ops(args: argparse.Namespace) -> int:
 def _tune_with_bar(workload: Workload, target: str | None, trials: int, db: str | None, seed: int | None) -> TuneResult:
     from tqdm import tqdm
 
-    hw = resolve_target(_target_spec(target))  # a bad target fails before the bar is drawn
+    hw = resolve_target(_target_spec(target))  # bad input fails before the bar is drawn
+    check_budget(trials)
     with tqdm(total=trials, unit="trial", desc=workload.name, dynamic_ncols=True) as bar:
 
         def on_progress(p: Progress) -> None:

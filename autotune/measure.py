@@ -80,6 +80,10 @@ class WorkerProcess:
             raise WorkerDied(Status.RUN_ERROR, f"worker crashed ({_describe_exit(code)})")
         return json.loads(line)
 
+    def start(self) -> None:
+        """Start the process now so that its TVM import overlaps other work."""
+        self._ensure_started()
+
     def kill(self) -> None:
         if self._proc is not None:
             self._proc.kill()
@@ -134,6 +138,8 @@ class Measurer:
         }
         self._outputs = [i for i, a in enumerate(space.workload.args) if a.is_output]
         self._prepared = False
+        for worker in [self._runner, *self._builders]:
+            worker.start()
 
     def __enter__(self) -> "Measurer":
         return self

@@ -87,8 +87,7 @@ def tune(
 
     Example: ``autotune.tune([A, B, C], target="llvm", trials=64, database="cache/tuning.db")``.
     """
-    if trials < 1 or batch_size < 1:
-        raise BudgetError(f"trials and batch_size must be at least 1 (got trials={trials}, batch_size={batch_size})")
+    check_budget(trials, batch_size)
     work = as_workload(workload, name=name)
     hw = resolve_target(target)
     search_space = SearchSpace(work, space if isinstance(space, SpaceConfig) else load_space_config(space))
@@ -136,6 +135,12 @@ def apply_best(
 def apply_record(workload: Workload, record: TrialRecord, config: SpaceConfig) -> tvm.IRModule:
     """Replay a record's decisions on the workload."""
     return apply_candidate(SearchSpace(workload, config), Candidate(record.decisions)).mod
+
+
+def check_budget(trials: int, batch_size: int = 1) -> None:
+    """Reject budgets no session can meet, before any work starts."""
+    if trials < 1 or batch_size < 1:
+        raise BudgetError(f"trials and batch_size must be at least 1 (got trials={trials}, batch_size={batch_size})")
 
 
 def gflops(workload: Workload, latency: float | None) -> float | None:

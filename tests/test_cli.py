@@ -1,0 +1,63 @@
+"""The command line: every command has help, bad input is one line and exit code 2, tune → best works."""
+
+import subprocess
+import sys
+
+import pytest
+
+from autotune import cli
+
+COMMANDS = ["tune", "best", "demo", "ops"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main([command, "--help"])
+    assert done.value.code == 0
+    assert "usage: autotune " + command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["tune", "matmulx"], "unknown operator 'matmulx'"),
+        (["tune", "matmul", "--shape", "1,a"], "cannot read shape"),
+        (["tune", "matmul", "--shape", "4,4"], "matmul"),
+        (["tune", "matmul", "--shape", "8,8,8", "--target", "cuda"], "cannot use target 'cuda'"),
+        (["tune", "matmul", "--shape", "8,8,8", "--target", "{bad json"], "--target JSON is malformed"),
+        (["tune", "dense", "--shape", "8,8,8", "-o", "epilogue=tanh"], "epilogue"),
+        (["tune", "dense", "--shape", "8,8,8", "-o", "bias"], "KEY=VALUE"),
+        (["tune", "matmul", "--shape", "8,8,8", "--trials", "0"], "at least 1"),
+    ],
+)
+def test_bad_input_is_one_clear_line(argv, message, tmp_path, capsys):
+    code = cli.main([*argv, "--db", str(tmp_path / "t.db")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("autotune: error:") and message in err and "\n" not in err
+
+
+def test_unreadable_database(tmp_path, capsys):
+    bad = tmp_path / "bad.db"
+    bad.write_text("not a database")
+    assert cli.main(["best", "matmul", "--shape", "8,8,8", "--db", str(bad)]) == 2
+    assert "not a readable autotune database" in capsys.readouterr().err
+    assert bad.read_text() == "not a database"
+
+
+def test_tune_then_best(tmp_path, capsys):
+    db = str(tmp_path / "t.db")
+    assert cli.main(["best", "matmul", "--shape", "32,32,16", "--db", db]) == 1
+    assert "not tuned" in capsys.readouterr().out
+    assert cli.main(["tune", "matmul", "--shape", "32,32,16", "--trials", "3", "--db", db, "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "3 trials" in out and "GFLOPS" in out
+    assert cli.main(["best", "matmul", "--shape", "32,32,16", "--db", db, "--show"]) == 0
+    out = capsys.readouterr().out
+    assert "best" in out and "T.prim_func" in out
+
+
+def test_console_script_runs_as_a_module(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "autotune.cli", "ops"], capture_output=True, text=True)
+    assert done.returncode == 0 and "matmul" in done.stdout and "softmax" in done.stdout

@@ -1,0 +1,73 @@
+"""Measurement isolation: generated code that crashes, hangs or computes wrong numbers is recorded
+with its status, and the worker process that ran it is replaced, never the session."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te
+
+from autotune.measure import WorkerDied, WorkerProcess
+from autotune.records import Status
+from autotune.target import resolve_target
+
+N = 16
+
+
+def _export(tmp_path, name, out_fn, reduce_extent=None):
+    A = te.placeholder((N,), name="A")
+    if reduce_extent:
+        k = te.reduce_axis((0, reduce_extent), name="k")
+        r = te.reduce_axis((0, reduce_extent), name="r")
+        B = te.compute((N,), lambda i: te.sum(A[(i + k + r) % N], axis=[k, r]), name="B")
+    else:
+        B = te.compute((N,), lambda i: out_fn(A, i), name="B")
+    lib = tvm.compile(te.create_prim_func([A, B]), target=resolve_target("llvm").target)
+    path = str(tmp_path / f"{name}.so")
+    lib.export_library(path)
+    return path
+
+
+@pytest.fixture
+def arrays(tmp_path):
+    a = np.arange(N, dtype="float32")
+    path = str(tmp_path / "ref.npz")
+    np.savez(path, arg0=a, arg1=a * 2.0)  # the reference computes B = 2 * A
+    return path
+
+
+def _request(lib, arrays):
+    return {"job": "run", "lib_path": lib, "arrays_path": arrays, "outputs": [1],
+            "repeat": 3, "min_repeat_ms": 1, "slow_secs": 0.2}
+
+
+def test_crash_hang_and_wrong_result_are_statuses_and_the_worker_recovers(tmp_path, arrays):
+    good = _export(tmp_path, "good", lambda A, i: A[i] * 2.0)
+    wrong = _export(tmp_path, "wrong", lambda A, i: A[i] * 3.0)
+    crash = _export(tmp_path, "crash", lambda A, i: A[i * 100_000_000])  # reads far outside A
+    hang = _export(tmp_path, "hang", None, reduce_extent=1 << 16)  # 2**36 steps: runs for minutes
+    worker = WorkerProcess("runner", threads=1)
+    try:
+        assert worker.call(_request(good, arrays), timeout=60)["status"] == "ok"
+        answer = worker.call(_request(wrong, arrays), timeout=60)
+        assert answer["status"] == Status.WRONG_RESULT.value and "differs" in answer["error"]
+        with pytest.raises(WorkerDied) as crashed:
+            worker.call(_request(crash, arrays), timeout=60)
+        assert crashed.value.status is Status.RUN_ERROR and "SIGSEGV" in str(crashed.value)
+        with pytest.raises(WorkerDied) as hung:
+            worker.call(_request(hang, arrays), timeout=3)
+        assert hung.value.status is Status.TIMEOUT
+        answer = worker.call(_request(good, arrays), timeout=60)  # a fresh worker took over
+        assert answer["status"] == "ok" and len(answer["latencies"]) == 3
+    finally:
+        worker.kill()
+
+
+def test_a_failing_job_is_an_answer_not_a_dead_worker(tmp_path, arrays):
+    worker = WorkerProcess("runner", threads=1)
+    try:
+        answer = worker.call(_request(str(tmp_path / "missing.so"), arrays), timeout=60)
+        assert answer["ok"] is False and answer["error"]
+        good = _export(tmp_path, "good", lambda A, i: A[i] * 2.0)
+        assert worker.call(_request(good, arrays), timeout=60)["status"] == "ok"
+    finally:
+        worker.kill()

@@ -1,0 +1,89 @@
+"""End to end: tune small workloads for a few trials, check the result numerically, reuse the cache."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tvm
+
+import autotune
+from autotune import ops
+from autotune.database import Database
+from autotune.errors import BudgetError
+from autotune.records import Status
+from autotune.search_space import SearchSpace
+from autotune.target import resolve_target
+
+from conftest import te_matmul
+
+TRIALS = 6
+
+
+def _run(mod, workload, inputs):
+    lib = tvm.compile(mod, target=resolve_target("llvm").target)
+    tensors = [tvm.runtime.tensor(a, tvm.cpu()) for a in inputs]
+    lib["main"](*tensors)
+    return [t.numpy() for t, a in zip(tensors, workload.args) if a.is_output]
+
+
+def test_tune_te_matmul_end_to_end(db_path):
+    tensors = te_matmul(64, 64, 64)
+    progress = []
+    result = autotune.tune(tensors, target="llvm", trials=TRIALS, database=db_path, seed=0, progress=progress.append)
+    assert len(result.trials) == TRIALS and len(progress) == TRIALS
+    assert [p.done for p in progress] == list(range(1, TRIALS + 1))
+    assert result.best is not None and result.best.status is Status.OK
+    assert result.best_latency == min(r.latency for r in result.trials if r.latency)
+    assert result.best_gflops > 0
+    # The tuned module computes what the untuned one does.
+    workload = result.workload
+    inputs = workload.random_inputs(seed=7)
+    np.testing.assert_allclose(_run(result.mod, workload, inputs)[0], _run(workload.mod, workload, inputs)[0], rtol=1e-4)
+    # Every trial is in the database; the best is a query over them.
+    with Database(db_path) as db:
+        assert len(db.trials(workload.key, result.target.key)) == TRIALS
+        assert db.best(workload.key, result.target.key).candidate_key == result.best.candidate_key
+    # apply_best replays the same schedule in a fresh call.
+    mod = autotune.apply_best(tensors, target="llvm", database=db_path)
+    assert mod.script() == result.mod.script()
+
+
+def test_second_session_measures_only_new_candidates(db_path):
+    workload = ops.make("softmax", "16,64")
+    first = autotune.tune(workload, trials=4, database=db_path, seed=1)
+    second = autotune.tune(workload, trials=4, database=db_path, seed=1)  # same seed: same draws
+    first_keys = {r.candidate_key for r in first.trials}
+    assert not first_keys & {r.candidate_key for r in second.trials}
+    assert second.best_latency <= first.best_latency
+
+
+def test_fused_dense_epilogue_is_checked_and_applied(db_path):
+    workload = ops.make("dense", "32,64,48", bias="true", epilogue="relu")
+    result = autotune.tune(workload, trials=4, database=db_path, seed=2)
+    assert result.counts().get("ok", 0) >= 1
+    inputs = workload.random_inputs(seed=3)
+    np.testing.assert_allclose(_run(result.mod, workload, inputs)[0], _run(workload.mod, workload, inputs)[0],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_apply_best_is_none_when_not_tuned_here(db_path):
+    tensors = te_matmul(32, 32, 32)
+    assert autotune.apply_best(tensors, database=db_path) is None
+    autotune.tune(tensors, trials=2, database=db_path, seed=0)
+    here = resolve_target("llvm")
+    other = dataclasses.replace(here, fingerprint={**here.fingerprint, "model_name": "another CPU"},
+                                key="0" * 20)
+    assert autotune.apply_best(tensors, target=here, database=db_path) is not None
+    assert autotune.apply_best(tensors, target=other, database=db_path) is None
+
+
+def test_default_candidate_is_measured_first_as_the_untuned_baseline(db_path):
+    workload = ops.make("matmul", "32,32,32")
+    result = autotune.tune(workload, trials=2, database=db_path, seed=0)
+    assert result.trials[0].candidate_key == SearchSpace(workload).default_candidate().key
+
+
+@pytest.mark.parametrize("trials", [0, -3])
+def test_impossible_budgets_are_rejected(db_path, trials):
+    with pytest.raises(BudgetError):
+        autotune.tune(te_matmul(), trials=trials, database=db_path)
