@@ -138,6 +138,7 @@ class Measurer:
         }
         self._outputs = [i for i, a in enumerate(space.workload.args) if a.is_output]
         self._prepared = False
+        self._run_timeout = self.options.run_timeout
         for worker in [self._runner, *self._builders]:
             worker.start()
 
@@ -160,6 +161,8 @@ class Measurer:
         if not answer.get("ok"):
             raise RuntimeError(f"the untuned reference failed to build or run: {answer.get('error')}")
         self._prepared = True
+        # A candidate may be as slow as the untuned code; give it time for its repeats.
+        self._run_timeout = max(self.options.run_timeout, 10 * float(answer["secs"]) + 5)
         return float(answer["secs"])
 
     def measure(self, candidates: Sequence[Candidate]) -> Iterator[TrialRecord]:
@@ -203,7 +206,7 @@ class Measurer:
             "slow_secs": self.options.slow_secs,
         }
         try:
-            answer = self._runner.call(request, timeout=self.options.run_timeout)
+            answer = self._runner.call(request, timeout=self._run_timeout)
         except WorkerDied as died:
             return TrialRecord(status=died.status, error=str(died), **record)
         finally:
