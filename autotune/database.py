@@ -154,6 +154,23 @@ class Database:
         )
         return [row["target_key"] for row in rows]
 
+    # -- cost models ----------------------------------------------------------------------
+
+    def save_model(self, target_key: str, feature_version: int, n_records: int, model: bytes) -> None:
+        """Store the cost model trained on this target's records (XGBoost's own JSON, not a pickle)."""
+        row = {"target_key": target_key, "feature_version": feature_version, "n_records": n_records,
+               "model": model, "created_at": time.time()}
+        with self._db.conn:
+            self._db.table("models").upsert(row, pk=("target_key", "feature_version"))
+
+    def load_model(self, target_key: str, feature_version: int) -> tuple[bytes, int] | None:
+        """The saved model for this target and feature version, with the record count it saw."""
+        rows = list(self._db.query(
+            "SELECT model, n_records FROM models WHERE target_key = ? AND feature_version = ?",
+            [target_key, feature_version],
+        ))
+        return (bytes(rows[0]["model"]), int(rows[0]["n_records"])) if rows else None
+
     # -- lifetime -------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -201,7 +218,15 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
     trials.create_index(["workload_key", "target_key", "candidate_key"], index_name="idx_trials_candidate")
 
 
-_MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_m001_initial,)
+def _m002_models(db: sqlite_utils.Database) -> None:
+    """Cost models per hardware target, saved so that the next session starts with a trained one."""
+    db.table("models").create(
+        {"target_key": str, "feature_version": int, "n_records": int, "model": bytes, "created_at": float},
+        pk=("target_key", "feature_version"),
+    )
+
+
+_MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_m001_initial, _m002_models)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 

@@ -156,9 +156,9 @@ def test_schema_version_and_migrations_recorded(db_path):
     Database(db_path).close()
     Database(db_path).close()  # reopening applies nothing twice
     conn = sqlite3.connect(db_path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == len(database._MIGRATIONS)
     names = [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")]
-    assert names == ["_m001_initial"]
+    assert names == [m.__name__ for m in database._MIGRATIONS] and names[0] == "_m001_initial"
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
 
@@ -168,19 +168,20 @@ def test_pending_migration_upgrades_an_older_database(db_path, monkeypatch):
         db.commit_trial(trial("c0"))
     calls = []
 
-    def _m002_add_note(sdb):
+    def _m999_add_note(sdb):
         calls.append(1)
         sdb.execute("ALTER TABLE trials ADD COLUMN note TEXT")
 
-    monkeypatch.setattr(database, "_MIGRATIONS", database._MIGRATIONS + (_m002_add_note,))
-    monkeypatch.setattr(database, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(database, "_MIGRATIONS", database._MIGRATIONS + (_m999_add_note,))
+    monkeypatch.setattr(database, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     Database(db_path).close()
     Database(db_path).close()
     assert calls == [1]
     conn = sqlite3.connect(db_path)
     names = [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")]
-    assert names == ["_m001_initial", "_m002_add_note"]
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert names == [m.__name__ for m in database._MIGRATIONS]  # the patched list, ending with ours
+    assert names[-1] == "_m999_add_note" and len(names) == SCHEMA_VERSION + 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
     assert conn.execute("SELECT candidate_key, note FROM trials").fetchall() == [("c0", None)]
     conn.close()
 
@@ -188,17 +189,17 @@ def test_pending_migration_upgrades_an_older_database(db_path, monkeypatch):
 def test_failed_migration_rolls_back(db_path, monkeypatch):
     Database(db_path).close()
 
-    def _m002_broken(sdb):
+    def _m999_broken(sdb):
         sdb.execute("CREATE TABLE half_done (x)")
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(database, "_MIGRATIONS", database._MIGRATIONS + (_m002_broken,))
-    monkeypatch.setattr(database, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(database, "_MIGRATIONS", database._MIGRATIONS + (_m999_broken,))
+    monkeypatch.setattr(database, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     with pytest.raises(RuntimeError, match="boom"):
         Database(db_path)
     conn = sqlite3.connect(db_path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
-    assert conn.execute("SELECT COUNT(*) FROM _migrations").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("SELECT COUNT(*) FROM _migrations").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half_done'").fetchall() == []
     conn.close()
 
@@ -208,7 +209,7 @@ def test_newer_schema_is_refused(db_path):
     conn = sqlite3.connect(db_path)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(DatabaseError, match=r"newer autotune \(schema 2, this one reads up to 1\)"):
+    with pytest.raises(DatabaseError, match=rf"newer autotune \(schema {SCHEMA_VERSION + 1}, this one reads up to {SCHEMA_VERSION}\)"):
         Database(db_path)
 
 
@@ -313,7 +314,7 @@ def _check_all_written(path: Path) -> None:
         assert len(db.trials()) == 400
     assert keys == {f"{n}-{i}" for n in "ab" for i in range(200)}
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT COUNT(*) FROM _migrations").fetchone()[0] == 1
+    assert conn.execute("SELECT COUNT(*) FROM _migrations").fetchone()[0] == SCHEMA_VERSION
     conn.close()
 
 
@@ -369,3 +370,13 @@ def test_default_path_without_env_var(monkeypatch):
         assert path == checkout / "cache" / "tuning.db"
     else:
         assert path == Path.home() / ".cache" / "autotune" / "tuning.db"
+
+
+def test_models_round_trip_per_target_and_feature_version(db):
+    assert db.load_model(T, 1) is None
+    db.save_model(T, 1, 10, b'{"learner": 1}')
+    db.save_model(T, 1, 25, b'{"learner": 2}')  # replaces the older model of the same version
+    db.save_model(T, 2, 5, b"other")
+    assert db.load_model(T, 1) == (b'{"learner": 2}', 25)
+    assert db.load_model(T, 2) == (b"other", 5)
+    assert db.load_model("another-target", 1) is None
