@@ -1,16 +1,25 @@
 """Search strategies: which candidates to measure next.
 
 A strategy is asked for a batch (`ask`) and told the measured records (`tell`), the shape of
-MetaSchedule's generate_measure_candidates / notify_runner_results, so that a model-guided
-strategy plugs into the same tuning loop. Candidates already measured for this workload and
-target (in this session or any earlier one) are never proposed again.
+MetaSchedule's generate_measure_candidates / notify_runner_results. Candidates already measured
+for this workload and target (in this session or an earlier one) are never proposed again.
+
+- RandomSearch samples the space uniformly.
+- ModelGuidedSearch evolves a population (seeded with the best measured candidates) by
+  mutation and crossover of decisions, scores it with the XGBoost cost model, and measures the
+  top of the ranking plus a share of random candidates for exploration.
 """
 
 from __future__ import annotations
 
+import copy
 import random
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
+import numpy as np
+
+from .cost_model import CostModel, latency_or_nan
+from .features import FeatureExtractor
 from .records import TrialRecord
 from .search_space import Candidate, SearchSpace
 
@@ -25,7 +34,7 @@ class SearchStrategy(Protocol):
 
 
 class RandomSearch:
-    """Uniform random sampling of the space, without repeats."""
+    """Uniform random sampling of the space, without repeats; the untuned default comes first."""
 
     def __init__(self, space: SearchSpace, seed: int | None = None, measured: Iterable[str] = ()):
         self.space = space
@@ -34,9 +43,9 @@ class RandomSearch:
 
     def ask(self, n: int) -> list[Candidate]:
         batch: list[Candidate] = []
-        duplicates = 0
         if self.space.default_candidate().key not in self.seen:
             batch.append(self._take(self.space.default_candidate()))
+        duplicates = 0
         while len(batch) < n and duplicates < _MAX_DUPLICATE_DRAWS:
             candidate = self.space.sample(self.rng)
             if candidate.key in self.seen:
@@ -53,3 +62,146 @@ class RandomSearch:
     def _take(self, candidate: Candidate) -> Candidate:
         self.seen.add(candidate.key)
         return candidate
+
+
+class ModelGuidedSearch(RandomSearch):
+    """Evolutionary search scored by the cost model, with epsilon-greedy exploration."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        extractor: FeatureExtractor,
+        model: CostModel,
+        *,
+        seed: int | None = None,
+        measured: Iterable[TrialRecord] = (),
+        epsilon: float = 0.2,
+        population: int = 64,
+        generations: int = 3,
+    ):
+        measured = list(measured)
+        super().__init__(space, seed, (r.candidate_key for r in measured))
+        self.extractor = extractor
+        self.model = model
+        self.epsilon = epsilon
+        self.population = population
+        self.generations = generations
+        self.measured: list[tuple[float, Candidate]] = [(latency_or_nan(r), Candidate(r.decisions)) for r in measured]
+
+    def ask(self, n: int) -> list[Candidate]:
+        if not self.model.is_trained:
+            return super().ask(n)
+        n_explore = int(round(self.epsilon * n)) if n > 1 else 0
+        batch = [self._take(c) for c in self._ranked_unmeasured(n - n_explore)]
+        return batch + super().ask(n - len(batch))
+
+    def tell(self, records: Iterable[TrialRecord]) -> None:
+        records = list(records)
+        super().tell(records)
+        candidates = [Candidate(r.decisions) for r in records]
+        self.measured += [(latency_or_nan(r), c) for r, c in zip(records, candidates)]
+        features = self.extractor.extract(candidates)
+        self.model.update(features, [latency_or_nan(r) for r in records], [r.workload_key for r in records])
+
+    # -- evolution ------------------------------------------------------------------------
+
+    def _ranked_unmeasured(self, n: int) -> list[Candidate]:
+        """The n unmeasured candidates with the best predicted scores after a few generations."""
+        scored: dict[str, tuple[float, Candidate]] = {}
+        population = self._score(self._initial_population(), scored)
+        for _ in range(self.generations):
+            children = [self._mutate(self.rng.choice(population)) for _ in range(self.population)]
+            children += [self._crossover(*self.rng.sample(population, 2)) for _ in range(self.population // 4)
+                         if len(population) > 1]
+            population = self._score(population + children, scored)
+        ranked = sorted(scored.values(), key=lambda sc: -sc[0])
+        return [c for _, c in ranked if c.key not in self.seen][:n]
+
+    def _initial_population(self) -> list[Candidate]:
+        best = sorted(((lat, c) for lat, c in self.measured if np.isfinite(lat)), key=lambda lc: lc[0])
+        population = [c for _, c in best[: self.population // 4]]
+        while len(population) < self.population:
+            population.append(self.space.sample(self.rng))
+        return population
+
+    def _score(self, candidates: list[Candidate], scored: dict[str, tuple[float, Candidate]]) -> list[Candidate]:
+        """Score new candidates (valid ones only) and keep the best `population` of them."""
+        fresh = {c.key: c for c in candidates if c.key not in scored}
+        schedules = {key: self.space.try_apply(c) for key, c in fresh.items()}
+        valid = [fresh[k] for k, s in schedules.items() if s is not None]
+        if valid:
+            predictions = self.model.predict(self.extractor.extract(valid, [schedules[c.key] for c in valid]))
+            for candidate, score in zip(valid, predictions):
+                scored[candidate.key] = (float(score), candidate)
+        keys = {c.key for c in candidates if c.key in scored}
+        top = sorted((scored[k] for k in keys), key=lambda sc: -sc[0])
+        return [c for _, c in top[: self.population]]
+
+    def _mutate(self, parent: Candidate) -> Candidate:
+        decisions = copy.deepcopy(parent.decisions)
+        blocks = decisions.get("blocks", {})
+        if not blocks or self.rng.random() < 0.15:
+            decisions["unroll"] = self.rng.choice(self.space.config.unroll_steps)
+            return Candidate(decisions)
+        name = self.rng.choice(sorted(blocks))
+        rule = next(r for r in self.space.rules if r.block == name)
+        _mutate_block(blocks[name], rule, self.space, self.rng)
+        return Candidate(self.space.constrain(decisions))
+
+    def _crossover(self, a: Candidate, b: Candidate) -> Candidate:
+        blocks_a, blocks_b = a.decisions.get("blocks", {}), b.decisions.get("blocks", {})
+        if set(blocks_a) != set(blocks_b):
+            return a
+        blocks = {name: copy.deepcopy(self.rng.choice([blocks_a[name], blocks_b[name]])) for name in blocks_a}
+        unroll = self.rng.choice([a.decisions.get("unroll", 0), b.decisions.get("unroll", 0)])
+        return Candidate(self.space.constrain({**a.decisions, "blocks": blocks, "unroll": unroll}))
+
+
+def _mutate_block(block: dict[str, Any], rule: Any, space: SearchSpace, rng: random.Random) -> None:
+    """Change one decision of a block in place: move a factor between tile levels, or redraw a choice."""
+    config = space.config
+    if "spatial" in block:
+        choice = rng.choice(["tile", "tile", "tile", "write_level", "accumulator"])
+        if choice == "tile":
+            _move_factor(block, rng)
+        elif choice == "write_level":
+            block["write_level"] = rng.choice(config.write_levels)
+        else:
+            block["accumulator"] = rng.choice(config.accumulator_scopes)
+        return
+    keys = [k for k in ("depth", "parallel", "vector") if k in block]
+    key = rng.choice(keys)
+    if key == "depth":
+        block["depth"] = rng.choice(rule.depths)
+    elif key == "parallel":
+        block["parallel"] = rng.randint(0, len(rule.spatial))
+    else:
+        last = rule.spatial[-1] if rule.spatial else 1
+        block["vector"] = rng.choice([v for v in config.loop_vector_factors if last % v == 0] or [1])
+
+
+def _move_factor(block: dict[str, Any], rng: random.Random) -> None:
+    """Move a prime factor of one tile level to another level of the same loop (product unchanged)."""
+    loops = [f for f in block["spatial"] + block["reduction"] if max(f) > 1]
+    if not loops:
+        return
+    factors = rng.choice(loops)
+    source = rng.choice([i for i, f in enumerate(factors) if f > 1])
+    dest = rng.choice([i for i in range(len(factors)) if i != source])
+    prime = _smallest_prime_factor(factors[source]) if rng.random() < 0.5 else _random_prime_factor(factors[source], rng)
+    factors[source] //= prime
+    factors[dest] *= prime
+
+
+def _smallest_prime_factor(n: int) -> int:
+    return next(p for p in range(2, n + 1) if n % p == 0)
+
+
+def _random_prime_factor(n: int, rng: random.Random) -> int:
+    primes, m, p = [], n, 2
+    while m > 1:
+        while m % p == 0:
+            primes.append(p)
+            m //= p
+        p += 1
+    return rng.choice(primes)

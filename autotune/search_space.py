@@ -92,21 +92,30 @@ class SearchSpace:
         return Candidate({"format": CANDIDATE_FORMAT, "blocks": {}, "unroll": 0})
 
     def is_valid(self, candidate: Candidate) -> bool:
+        return self.try_apply(candidate) is not None
+
+    def try_apply(self, candidate: Candidate) -> s_tir.Schedule | None:
+        """The candidate's schedule, or None when TVM rejects its decisions."""
         try:
-            apply_candidate(self, candidate)
+            return apply_candidate(self, candidate)
         except (RuntimeError, ValueError, IndexError, KeyError, TypeError):
-            return False
-        return True
+            return None
+
+    def constrain(self, decisions: dict[str, Any]) -> dict[str, Any]:
+        """Adjust decisions in place so that they never ask for code TVM accepts but gets wrong."""
+        _keep_attached_loops_serial(self.rules, decisions.get("blocks", {}))
+        return decisions
 
     def _draw(self, rng: random.Random) -> dict[str, Any]:
         blocks = {r.block: _draw_block(r, self.config, rng) for r in self.rules}
-        _keep_attached_loops_serial(self.rules, blocks)
-        return {"format": CANDIDATE_FORMAT, "blocks": blocks, "unroll": rng.choice(self.config.unroll_steps)}
+        decisions = {"format": CANDIDATE_FORMAT, "blocks": blocks, "unroll": rng.choice(self.config.unroll_steps)}
+        return self.constrain(decisions)
 
 
 def apply_candidate(space: SearchSpace, candidate: Candidate) -> s_tir.Schedule:
     """Replay a candidate's decisions on the workload; the same candidate always gives the same schedule."""
-    sch = s_tir.Schedule(space.workload.mod)
+    # Rejected decisions are routine while sampling; rendering TVM's diagnostics for them is not worth it.
+    sch = s_tir.Schedule(space.workload.mod, error_render_level="none")
     decisions = candidate.decisions.get("blocks", {})
     # Step 1. Inline elementwise producers (not a decision: it always helps on CPU).
     for name in space.inlined:
@@ -276,6 +285,8 @@ def _keep_attached_loops_serial(rules: tuple[BlockRule, ...], blocks: dict[str, 
     so the draw never asks for it.
     """
     for rule in rules:
+        if rule.block not in blocks:
+            continue
         depth = blocks[rule.block].get("depth", 0)
         if rule.rule != "compute_at" or depth == 0:
             continue

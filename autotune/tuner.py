@@ -18,7 +18,9 @@ from .database import Database
 from .errors import BudgetError
 from .measure import MeasureOptions, Measurer
 from .records import TrialRecord
-from .search import RandomSearch, SearchStrategy
+from .cost_model import warm_start
+from .features import FEATURE_VERSION, FeatureExtractor
+from .search import ModelGuidedSearch, RandomSearch, SearchStrategy
 from .search_space import Candidate, SearchSpace, apply_candidate
 from .space_config import SpaceConfig, load_space_config
 from .target import HardwareTarget, resolve_target
@@ -26,7 +28,7 @@ from .workload import Workload, as_workload
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("random",)
+STRATEGIES = ("model", "random")
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def tune(
     database: str | os.PathLike[str] | Database | None = None,
     *,
     space: str | os.PathLike[str] | SpaceConfig = "cpu",
-    strategy: str = "random",
+    strategy: str = "model",
     batch_size: int = 16,
     seed: int | None = None,
     measure: MeasureOptions | None = None,
@@ -95,8 +97,9 @@ def tune(
     with _open(database) as db:
         db.commit_workload(work)
         db.commit_target(hw.key, hw.target_json(), hw.fingerprint)
-        search = _strategy(strategy, search_space, seed, db.measured_candidate_keys(work.key, hw.key))
+        search = _strategy(strategy, search_space, hw, db, seed)
         measured: list[TrialRecord] = []
+        saved_on = 0
         with Measurer(search_space, hw, measure) as measurer:
             baseline = measurer.prepare()
             while len(measured) < trials:
@@ -104,12 +107,15 @@ def tune(
                 if not batch:
                     logger.info("search space exhausted after %d trials", len(measured))
                     break
+                done = []
                 for record in measurer.measure(batch):
                     record = _with_id(record, db.commit_trial(record))
-                    measured.append(record)
-                    search.tell([record])
+                    done.append(record)
                     if progress is not None:
-                        progress(_progress(db, work, hw, record, len(measured), trials))
+                        progress(_progress(db, work, hw, record, len(measured) + len(done), trials))
+                measured += done
+                search.tell(done)
+                saved_on = _save_model(db, hw, search, saved_on)
         best = db.best(work.key, hw.key)
     mod = apply_record(work, best, search_space.config) if best else None
     return TuneResult(work, hw, best, mod, tuple(measured), baseline, time.perf_counter() - start)
@@ -149,10 +155,26 @@ def gflops(workload: Workload, latency: float | None) -> float | None:
     return workload.flops / latency / 1e9
 
 
-def _strategy(name: str, space: SearchSpace, seed: int | None, measured: set[str]) -> SearchStrategy:
+def _strategy(name: str, space: SearchSpace, hw: HardwareTarget, db: Database, seed: int | None) -> SearchStrategy:
     if name == "random":
-        return RandomSearch(space, seed=seed, measured=measured)
+        return RandomSearch(space, seed=seed, measured=db.measured_candidate_keys(space.workload.key, hw.key))
+    if name == "model":
+        model = warm_start(db, hw, space.config)
+        measured = db.trials(space.workload.key, hw.key)
+        return ModelGuidedSearch(space, FeatureExtractor(space, hw), model, seed=seed, measured=measured)
     raise BudgetError(f"unknown search strategy {name!r} (known: {', '.join(STRATEGIES)})")
+
+
+def _save_model(db: Database, hw: HardwareTarget, search: SearchStrategy, saved_on: int) -> int:
+    """Keep the latest fitted model with the cache, so the next session starts from it.
+
+    Returns the row count of the model now saved (`saved_on` when nothing new was fitted).
+    """
+    if not isinstance(search, ModelGuidedSearch) or not search.model.is_trained:
+        return saved_on
+    if search.model.trained_on != saved_on:
+        db.save_model(hw.key, FEATURE_VERSION, search.model.trained_on, search.model.save())
+    return search.model.trained_on
 
 
 def _progress(db: Database, work: Workload, hw: HardwareTarget, record: TrialRecord, done: int, total: int) -> Progress:

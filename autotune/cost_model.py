@@ -1,0 +1,168 @@
+"""XGBoost cost model: predicts how fast a candidate is relative to the best of its workload.
+
+Labels are per-workload normalized throughput, ``min_latency / latency`` in (0, 1] (failed
+candidates get 0), as in MetaSchedule's xgb_model.py. They are recomputed at every fit, since a
+new best changes every label of its workload. Records of all workloads on the same hardware
+train one model, so a new workload starts with a model that already ranks well (transfer). The
+model retrains from scratch when its data has grown by a fifth since the last fit, which keeps
+retraining cheap in total over a long session; it is saved in the database after each fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import tvm
+import xgboost as xgb
+
+from .database import Database
+from .features import FEATURE_LENGTH, FEATURE_VERSION, FeatureExtractor
+from .records import TrialRecord
+from .search_space import Candidate, SearchSpace
+from .space_config import SpaceConfig
+from .target import HardwareTarget
+from .workload import as_workload
+
+logger = logging.getLogger(__name__)
+
+MIN_TRAINING_RECORDS = 32  # below this, the search explores at random
+RETRAIN_GROWTH = 0.2
+MAX_WARM_START_RECORDS = 20_000
+
+_PARAMS = {
+    "objective": "reg:squarederror",
+    "max_depth": 8,
+    "eta": 0.2,
+    "min_child_weight": 1.0,
+    "subsample": 0.9,
+    "colsample_bytree": 0.8,
+    "nthread": 1,  # the other core builds candidates meanwhile
+    "seed": 0,
+}
+_ROUNDS = 120
+
+
+def normalized_throughput(latencies: np.ndarray, groups: Sequence[str]) -> np.ndarray:
+    """Per-group ``best latency / latency``; failed candidates (latency nan or inf) get 0."""
+    latencies = np.asarray(latencies, dtype=np.float64)
+    ok = np.isfinite(latencies) & (latencies > 0)
+    labels = np.zeros(len(latencies), dtype=np.float32)
+    groups_arr = np.asarray(groups)
+    for group in set(groups):
+        mask = (groups_arr == group) & ok
+        if mask.any():
+            labels[mask] = latencies[mask].min() / latencies[mask]
+    return labels
+
+
+@dataclass
+class CostModel:
+    """fit / predict / update / save / load over feature rows, latencies and workload groups."""
+
+    features: np.ndarray = field(default_factory=lambda: np.zeros((0, FEATURE_LENGTH), dtype=np.float32))
+    latencies: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    groups: list[str] = field(default_factory=list)
+    booster: xgb.Booster | None = None
+    trained_on: int = 0  # rows the booster was last fitted on
+
+    @property
+    def is_trained(self) -> bool:
+        return self.booster is not None
+
+    def fit(self, features: np.ndarray, latencies: np.ndarray, groups: Sequence[str]) -> None:
+        """Replace the data and train from scratch."""
+        self.features = np.asarray(features, dtype=np.float32).reshape(-1, FEATURE_LENGTH)
+        self.latencies = np.asarray(latencies, dtype=np.float64)
+        self.groups = list(groups)
+        if len(self.groups) < 2:
+            return
+        labels = normalized_throughput(self.latencies, self.groups)
+        self.booster = xgb.train(_PARAMS, xgb.DMatrix(self.features, label=labels), num_boost_round=_ROUNDS)
+        self.trained_on = len(self.groups)
+
+    def update(self, features: np.ndarray, latencies: np.ndarray, groups: Sequence[str]) -> bool:
+        """Add rows; retrain when the data grew by RETRAIN_GROWTH. Returns whether it retrained."""
+        if len(groups) == 0:
+            return False
+        features = np.vstack([self.features, np.asarray(features, dtype=np.float32)])
+        latencies = np.concatenate([self.latencies, np.asarray(latencies, dtype=np.float64)])
+        groups = self.groups + list(groups)
+        if len(groups) >= max(MIN_TRAINING_RECORDS, self.trained_on * (1 + RETRAIN_GROWTH)):
+            self.fit(features, latencies, groups)
+            return True
+        self.features, self.latencies, self.groups = features, latencies, groups
+        return False
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Predicted normalized throughput (higher is faster); zeros when untrained."""
+        features = np.asarray(features, dtype=np.float32)
+        if self.booster is None or len(features) == 0:
+            return np.zeros(len(features), dtype=np.float32)
+        return self.booster.predict(xgb.DMatrix(features))
+
+    def save(self) -> bytes:
+        """The booster in XGBoost's own JSON format (no pickle)."""
+        if self.booster is None:
+            raise ValueError("cannot save an untrained cost model")
+        return bytes(self.booster.save_raw("json"))
+
+    @staticmethod
+    def load(blob: bytes, trained_on: int = 0) -> "CostModel":
+        booster = xgb.Booster(params={"nthread": 1})
+        booster.load_model(bytearray(blob))
+        return CostModel(booster=booster, trained_on=trained_on)
+
+
+def latency_or_nan(record: TrialRecord) -> float:
+    return record.latency if record.latency else float("nan")
+
+
+def warm_start(db: Database, target: HardwareTarget, config: SpaceConfig) -> CostModel:
+    """A model trained on every record of this hardware target in the database (all workloads).
+
+    The features of past records are recomputed from their decisions; a saved model trained on
+    exactly these records is loaded instead of refitted.
+    """
+    start = time.perf_counter()
+    records = db.trials(target_key=target.key)[-MAX_WARM_START_RECORDS:]
+    features, latencies, groups = _features_of_records(db, records, target, config)
+    saved = db.load_model(target.key, FEATURE_VERSION)
+    if saved is not None and saved[1] == len(groups):
+        model = CostModel.load(saved[0], trained_on=saved[1])
+        model.features, model.latencies, model.groups = features, latencies, groups
+    else:
+        model = CostModel()
+        if len(groups) >= MIN_TRAINING_RECORDS:
+            model.fit(features, latencies, groups)
+        else:
+            model.features, model.latencies, model.groups = features, latencies, groups
+    logger.info("cost model warm start: %d records in %.1f s", len(groups), time.perf_counter() - start)
+    return model
+
+
+def _features_of_records(
+    db: Database, records: list[TrialRecord], target: HardwareTarget, config: SpaceConfig
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    by_workload: dict[str, list[TrialRecord]] = {}
+    for record in records:
+        by_workload.setdefault(record.workload_key, []).append(record)
+    rows, latencies, groups = [], [], []
+    for key, group in by_workload.items():
+        row = db.workload_row(key)
+        if row is None:
+            continue
+        try:
+            space = SearchSpace(as_workload(tvm.script.from_source(row["script"]), name=row["name"]), config)
+            extractor = FeatureExtractor(space, target)
+            rows.append(extractor.extract([Candidate(r.decisions) for r in group]))
+        except Exception as err:  # a record that no longer replays is skipped, not fatal
+            logger.warning("skipping %d records of workload %s for the cost model: %s", len(group), key, err)
+            continue
+        latencies += [latency_or_nan(r) for r in group]
+        groups += [key] * len(group)
+    features = np.vstack(rows) if rows else np.zeros((0, FEATURE_LENGTH), dtype=np.float32)
+    return features, np.asarray(latencies, dtype=np.float64), groups

@@ -1,0 +1,355 @@
+"""Benchmark: autotune against TVM's MetaSchedule and PyTorch eager, same workloads, same budgets, one run.
+
+Run from the checkout root (each real workload takes minutes per tuner and budget on 2 cores):
+
+    python bench/compare.py --quick                                   # tiny shapes, 8 trials: a smoke run
+    python bench/compare.py --workloads matmul_512 --trials 8         # one real workload, short
+    python bench/compare.py --trials 64,256 --write bench/RESULTS.md  # the full comparison (hours)
+    python bench/compare.py --strategies random,model                 # default: random, plus model if known
+
+For every workload and every budget N in `--trials`, in this order and this process: autotune
+(`autotune.tune(..., trials=N, strategy=S)`, a fresh temporary database per workload, budget and
+strategy), then MetaSchedule (`tune_tir` with the same tvm Target, `max_trials_global=N`,
+`num_trials_per_iter=min(64, N)`, its logs and output in a temporary work dir). The best
+schedule of each is then rebuilt here and re-timed by one method, the one autotune's runner
+uses (`time_evaluator`, number=1, repeat=5, min_repeat_ms=30, median), after its output was
+checked against TVM's untuned build on `workload.random_inputs(0)`. PyTorch eager runs last,
+once per workload (median of single calls, checked the same way), so that its thread pool
+never competes with tuning. TVM kernels run on TVM_NUM_THREADS = the cores this process may
+use; torch uses as many threads.
+
+MetaSchedule note: its builder imports `tvm.s_tir.tensor_intrin` in every fresh build worker
+(the pool restarts each iteration), which takes 10-30 s on these machines and so exceeded its
+30 s build timeout for most candidates; the builder here does that import in the pool's
+initializer, which has no timeout. The time still counts in its tuning wall time. Its best
+schedule is built as it comes out of the database, so a weight-layout rewrite it chose runs
+inside the kernel (its own recorded latency, "MS rec. ms", leaves that out).
+
+Columns, per workload and budget ("ms" = median milliseconds, GFLOPS from the workload's FLOPs):
+  <S> GFLOPS / <S> ms   autotune with strategy S, best schedule re-timed here
+  <S> rec. ms           the best latency autotune itself recorded while tuning
+  <S> tune s            wall seconds of autotune.tune
+  MS GFLOPS / MS ms / MS rec. ms / MS tune s   the same for MetaSchedule (rec.: mean of its run_secs)
+  torch GFLOPS / torch ms                      PyTorch eager on the same computation
+  model/random          re-timed GFLOPS ratio of strategy model to strategy random (> 1: model wins)
+  autotune/MS           re-timed GFLOPS ratio of autotune (the last strategy listed) to MetaSchedule
+  autotune/torch        the same against PyTorch eager
+  tune s autotune/MS    tuning wall time of autotune over MetaSchedule's (< 1: autotune tunes faster)
+"geomean" rows give each ratio's geometric mean over the workloads of one budget.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+NUM_CORES = len(os.sched_getaffinity(0))
+os.environ["TVM_NUM_THREADS"] = str(NUM_CORES)  # TVM's pool defaults to half the cores on x86 (it assumes SMT)
+
+import argparse  # noqa: E402 (TVM_NUM_THREADS must be set before tvm is imported)
+import contextlib  # noqa: E402
+import datetime  # noqa: E402
+import math  # noqa: E402
+import shlex  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tvm  # noqa: E402
+from tvm.s_tir import meta_schedule as ms  # noqa: E402
+
+import autotune  # noqa: E402
+from autotune import ops  # noqa: E402
+from autotune.tuner import STRATEGIES  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tune_suite import cpu_secs, median_secs, torch, torch_kernel  # noqa: E402
+
+# name -> (operator, shape in ops' order (`autotune ops`), quick shape, options)
+SUITE: dict[str, tuple[str, str, str, dict[str, Any]]] = {
+    "matmul_512": ("matmul", "512,512,512", "64,64,64", {}),
+    "matmul_1024": ("matmul", "1024,1024,1024", "32,64,128", {}),
+    "dense": ("dense", "64,1024,1024", "16,64,64", {"bias": True, "epilogue": "relu"}),
+    "batch_matmul": ("batch_matmul", "8,256,256,64", "2,32,32,16", {}),  # B,M,N,K: batch 8, M=N=256, K=64
+    "conv2d_nchw": ("conv2d_nchw", "1,128,28,28,128,3,3", "1,8,14,14,8,3,3", {"bias": True, "relu": True}),
+    "depthwise_conv2d": ("depthwise_conv2d", "1,64,112,112,3,3", "1,8,16,16,3,3", {}),
+    "softmax": ("softmax", "512,256", "32,128", {}),
+    "layernorm": ("layernorm", "256,1024", "32,128", {}),
+}
+
+
+@dataclass
+class Outcome:
+    """One tuner (or torch) on one workload and budget."""
+
+    secs: float | None = None  # best kernel re-timed here
+    recorded: float | None = None  # the tuner's own best latency
+    wall: float | None = None  # tuning wall seconds
+    error: str | None = None
+
+
+@dataclass
+class Reference:
+    arrays: list[np.ndarray]  # inputs, outputs zero-filled
+    outputs: list[int]  # indices of the output arguments
+    want: list[np.ndarray]  # the untuned build's outputs
+
+
+def one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:160]
+
+
+def close(got: np.ndarray, want: np.ndarray) -> bool:
+    """The tolerance autotune's worker checks every candidate with."""
+    scale = float(np.max(np.abs(want))) if want.size else 1.0
+    return bool(np.allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, scale), equal_nan=True))
+
+
+def reference(workload: autotune.Workload, hw: autotune.HardwareTarget) -> Reference:
+    arrays = workload.random_inputs(0)
+    outputs = [i for i, info in enumerate(workload.args) if info.is_output]
+    lib = tvm.compile(workload.mod, target=hw.target)
+    tensors = [tvm.runtime.tensor(a, tvm.cpu()) for a in arrays]
+    lib["main"](*tensors)
+    return Reference(arrays, outputs, [tensors[i].numpy() for i in outputs])
+
+
+def retime(mod: tvm.IRModule, hw: autotune.HardwareTarget, ref: Reference) -> float:
+    """Median seconds of `mod` timed as autotune's runner times it; raises if its output is wrong."""
+    lib = tvm.compile(mod, target=hw.target)
+    dev = tvm.cpu()
+    tensors = [tvm.runtime.tensor(np.zeros_like(a) if i in ref.outputs else a, dev) for i, a in enumerate(ref.arrays)]
+    evaluator = lib.mod.time_evaluator("main", dev, number=1, repeat=5, min_repeat_ms=30)
+    secs = statistics.median(evaluator(*tensors).results)
+    for i, want in zip(ref.outputs, ref.want):
+        got = tensors[i].numpy()
+        if not close(got, want):
+            raise ValueError(f"wrong result: output {i} differs by up to {np.max(np.abs(got - want)):.3g}")
+    return secs
+
+
+def run_autotune(workload: autotune.Workload, hw: Any, trials: int, strategy: str, tmp: str,
+                 ref: Reference) -> Outcome:
+    db = os.path.join(tmp, f"{workload.name}-{strategy}-{trials}.db")
+    out = Outcome()
+    try:
+        start = time.perf_counter()
+        result = autotune.tune(workload, target=hw, trials=trials, database=db, strategy=strategy)
+        out.wall, out.recorded = time.perf_counter() - start, result.best_latency
+        mod = autotune.apply_best(workload, target=hw, database=db)
+        if mod is None:
+            raise RuntimeError(f"no correct candidate ({result.counts()})")
+        out.secs = retime(mod, hw, ref)
+    except Exception as exc:  # noqa: BLE001 - a failure is a table cell, the run goes on
+        out.error = one_line(exc)
+    return out
+
+
+def _import_tensor_intrin() -> None:
+    """Runs once per MetaSchedule build worker, outside the per-build timeout (see the docstring)."""
+    import tvm.s_tir.tensor_intrin  # noqa: F401
+
+
+@contextlib.contextmanager
+def output_to(path: str):
+    """Send this process's stdout and stderr (and its children's) to a file, at the descriptor level."""
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])
+
+
+def run_metaschedule(workload: autotune.Workload, hw: Any, trials: int, tmp: str, ref: Reference) -> Outcome:
+    work_dir = os.path.join(tmp, f"ms-{workload.name}-{trials}")
+    os.makedirs(work_dir)
+    out = Outcome()
+    try:
+        start = time.perf_counter()
+        with output_to(os.path.join(work_dir, "output.log")):
+            database = ms.tune_tir(
+                mod=workload.mod, target=hw.target, work_dir=work_dir, max_trials_global=trials,
+                num_trials_per_iter=min(64, trials), builder=ms.builder.LocalBuilder(initializer=_import_tensor_intrin),
+            )
+        out.wall = time.perf_counter() - start
+        record = database.query_tuning_record(workload.mod, hw.target, "main")
+        if record is not None and record.run_secs:
+            out.recorded = statistics.mean(float(s) for s in record.run_secs)
+        sch = ms.tir_integration.compile_tir(database, workload.mod, hw.target)
+        if sch is None:
+            raise RuntimeError("no valid schedule in its database")
+        out.secs = retime(sch.mod, hw, ref)
+    except Exception as exc:  # noqa: BLE001
+        out.error = one_line(exc)
+    return out
+
+
+def depthwise_or_bmm(op: str, t: list[Any]) -> Any:
+    """PyTorch for the two suite operators tune_suite has no baseline for."""
+    if op == "batch_matmul":  # C[b] = A[b] @ B[b]
+        return lambda: torch.bmm(t[0], t[1])
+    if op == "depthwise_conv2d":  # weight (C,1,R,S), groups=C, 'same' padding for odd kernels, no bias
+        pad = ((t[1].shape[2] - 1) // 2, (t[1].shape[3] - 1) // 2)
+        return lambda: torch.nn.functional.conv2d(t[0], t[1], stride=1, padding=pad, groups=t[0].shape[1])
+    return None
+
+
+def run_torch(op: str, workload: autotune.Workload, ref: Reference) -> Outcome:
+    if torch is None:
+        return Outcome(error="torch not installed")
+    inputs = [a for i, a in enumerate(ref.arrays) if i not in ref.outputs]
+    fn = torch_kernel(op, inputs) or depthwise_or_bmm(op, [torch.from_numpy(a) for a in inputs])
+    if fn is None:
+        return Outcome(error=f"no torch equivalent of {op}")
+    with torch.inference_mode():
+        got = np.asarray(fn())
+        if got.shape != ref.want[0].shape or not close(got, ref.want[0]):
+            return Outcome(error="output differs from TVM's untuned build")
+        return Outcome(secs=median_secs(fn))
+
+
+def geomean(values: list[float]) -> float | None:
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else None
+
+
+def table(rows: list[dict[str, Any]], strategies: list[str]) -> str:
+    tools = [*strategies, "MS"]
+    head = ["workload", "trials"]
+    for tool in tools:
+        head += [f"{tool} GFLOPS", f"{tool} ms", f"{tool} rec. ms", f"{tool} tune s"]
+    ratios = (["model/random"] if {"model", "random"} <= set(strategies) else []) + [
+        "autotune/MS", "autotune/torch", "tune s autotune/MS"]
+    head += ["torch GFLOPS", "torch ms", *ratios]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ms_ = lambda s: f"{s * 1e3:.4g}" if s else "n/a"  # noqa: E731
+    by_budget: dict[int, dict[str, list[float]]] = {}
+    for row in rows:
+        w, o, primary = row["workload"], row["outcomes"], row["outcomes"][strategies[-1]]
+        gf = lambda s: f"{w.flops / s / 1e9:.1f}" if s and w.flops else "n/a"  # noqa: E731
+        cells = [w.name, str(row["trials"])]
+        for tool in tools:
+            x = o[tool]
+            cells += [f"failed: {x.error}", "failed", "", ""] if x.error else [
+                gf(x.secs), ms_(x.secs), ms_(x.recorded), f"{x.wall:.1f}"]
+        t = o["torch"]
+        cells += [f"failed: {t.error}", "failed"] if t.error else [gf(t.secs), ms_(t.secs)]
+        pairs = {"model/random": (o.get("random"), o.get("model")), "autotune/MS": (o["MS"], primary),
+                 "autotune/torch": (t, primary)}
+        for name in ratios:
+            if name == "tune s autotune/MS":
+                value = primary.wall / o["MS"].wall if primary.wall and o["MS"].wall else None
+            else:  # GFLOPS ratio = inverse latency ratio
+                slow, fast = pairs[name]
+                value = slow.secs / fast.secs if slow and fast and slow.secs and fast.secs else None
+            cells.append(f"{value:.2f}" if value else "n/a")
+            if value:
+                by_budget.setdefault(row["trials"], {}).setdefault(name, []).append(value)
+        lines.append("| " + " | ".join(cells) + " |")
+    for trials, values in sorted(by_budget.items()):
+        means = [geomean(values.get(name, [])) for name in ratios]
+        count = sum(r["trials"] == trials for r in rows)
+        cells = [f"**geomean** ({count} workloads)", str(trials)]
+        cells += [""] * (len(head) - len(ratios) - 2) + [f"**{m:.2f}**" if m else "n/a" for m in means]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def header(hw: autotune.HardwareTarget, strategies: list[str], argv: list[str], total: float, others: float) -> str:
+    torch_info = f"torch {torch.__version__}, {torch.get_num_threads()} threads" if torch is not None else "no torch"
+    return "\n".join([
+        f"## compare: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        "",
+        f"- machine: {hw.fingerprint.get('model_name') or 'unknown CPU'}, {hw.num_cores} cores used;"
+        f" target key `{hw.key}`, mcpu `{hw.target_json().get('mcpu')}`",
+        f"- autotune {autotune.__version__} (strategies {', '.join(strategies)}; 'autotune' in ratios ="
+        f" {strategies[-1]}); MetaSchedule of TVM {tvm.__version__}; TVM_NUM_THREADS={os.environ['TVM_NUM_THREADS']};"
+        f" {torch_info}",
+        f"- command: `{' '.join(shlex.quote(a) for a in ['python', *argv])}`; total {total:.0f} s",
+        f"- other processes kept {others:.0f} core-s busy during the run ({others / total:.2f} cores on average):"
+        " timings compete with them when this is not ~0",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv if argv is None else argv
+    default_strategies = "random,model" if "model" in STRATEGIES else "random"
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", help="comma-separated trial budgets (default 64, or 8 with --quick)")
+    parser.add_argument("--workloads", help=f"comma-separated subset of: {','.join(SUITE)}")
+    parser.add_argument("--strategies", default=default_strategies,
+                        help=f"autotune strategies, comma-separated (default {default_strategies}; known: "
+                             f"{','.join(STRATEGIES)}); ratios use the last")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes and 8 trials: a smoke run")
+    parser.add_argument("--write", metavar="PATH", help="append this run's section to a Markdown file")
+    parser.add_argument("--keep", metavar="DIR", help="keep the databases and MetaSchedule's logs in DIR (new or empty)")
+    args = parser.parse_args(argv[1:])
+    names = args.workloads.split(",") if args.workloads else list(SUITE)
+    strategies = args.strategies.split(",")
+    if unknown := [n for n in names if n not in SUITE]:
+        parser.error(f"unknown workloads {unknown}; known: {', '.join(SUITE)}")
+    if unknown := [s for s in strategies if s not in STRATEGIES]:
+        parser.error(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
+    if args.keep and os.path.isdir(args.keep) and os.listdir(args.keep):
+        parser.error(f"--keep {args.keep}: not empty (earlier records would count)")
+    try:
+        budgets = [int(n) for n in (args.trials or ("8" if args.quick else "64")).split(",")]
+    except ValueError:
+        parser.error(f"--trials takes comma-separated integers, not {args.trials!r}")
+
+    hw = autotune.resolve_target("llvm")
+    if hw.num_cores != NUM_CORES:  # no kernel ran yet, so TVM's thread pool has not read the variable
+        print(f"note: autotune uses {hw.num_cores} cores, the affinity mask allows {NUM_CORES}; using {hw.num_cores}",
+              file=sys.stderr)
+        os.environ["TVM_NUM_THREADS"] = str(hw.num_cores)
+    if torch is not None:
+        torch.set_num_threads(hw.num_cores)
+    log = lambda msg: print(f"[compare] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    start, (busy0, own0) = time.perf_counter(), cpu_secs()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="compare-") as tmp:
+        tmp = args.keep or tmp
+        os.makedirs(tmp, exist_ok=True)
+        for name in names:
+            op, shape, quick, options = SUITE[name]
+            workload = ops.make(op, quick if args.quick else shape, **options)
+            ref = reference(workload, hw)
+            for trials in budgets:
+                outcomes: dict[str, Outcome] = {}
+                for tool in [*strategies, "MS"]:
+                    log(f"{workload.name}: {tool}, {trials} trials ...")
+                    if tool == "MS":
+                        outcomes[tool] = run_metaschedule(workload, hw, trials, tmp, ref)
+                    else:
+                        outcomes[tool] = run_autotune(workload, hw, trials, tool, tmp, ref)
+                    x = outcomes[tool]
+                    log(f"  failed: {x.error}" if x.error else
+                        f"  {x.wall:.1f} s ({x.wall / trials:.2f} s/trial), best {x.secs * 1e3:.3f} ms re-timed")
+                rows.append({"name": name, "op": op, "workload": workload, "ref": ref, "trials": trials,
+                             "outcomes": outcomes})
+    for row in rows:  # after all tuning: torch's thread pool never competes with a measurement
+        same = next(r for r in rows if r["name"] == row["name"])
+        row["outcomes"]["torch"] = same["outcomes"].get("torch") or run_torch(row["op"], row["workload"], row["ref"])
+    busy1, own1 = cpu_secs()
+    total = time.perf_counter() - start
+    text = header(hw, strategies, argv, total, max(0.0, (busy1 - busy0) - (own1 - own0))) + "\n\n"
+    text += table(rows, strategies) + "\n"
+    print(text)
+    if args.write:
+        new = not os.path.exists(args.write)
+        with open(args.write, "a", encoding="utf-8") as f:
+            f.write("# Tuning benchmark results\n" if new else "")
+            f.write("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

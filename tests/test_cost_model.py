@@ -1,0 +1,126 @@
+"""Features, the XGBoost cost model, and the model-guided search."""
+
+import random
+
+import numpy as np
+import pytest
+
+from autotune import ops
+from autotune.cost_model import CostModel, normalized_throughput, warm_start
+from autotune.database import Database
+from autotune.features import FEATURE_LENGTH, FEATURE_VERSION, FeatureExtractor
+from autotune.records import Status, TrialRecord
+from autotune.search import ModelGuidedSearch
+from autotune.search_space import SearchSpace
+from autotune.target import resolve_target
+
+
+@pytest.fixture(scope="module")
+def hw():
+    return resolve_target("llvm")
+
+
+@pytest.mark.parametrize("op,shape", [("matmul", "32,48,16"), ("softmax", "8,64"), ("conv2d_nchw", "1,4,8,8,4,3,3")])
+def test_features_are_fixed_length_and_deterministic(op, shape, hw):
+    space = SearchSpace(ops.make(op, shape))
+    candidates = [space.sample(random.Random(i)) for i in range(4)] + [space.default_candidate()]
+    first = FeatureExtractor(space, hw).extract(candidates)
+    again = FeatureExtractor(space, hw).extract(candidates)
+    assert first.shape == (5, FEATURE_LENGTH) and first.dtype == np.float32
+    assert np.array_equal(first, again) and np.isfinite(first).all()
+
+
+def test_normalized_throughput_per_workload():
+    labels = normalized_throughput(np.array([2.0, 1.0, np.nan, 10.0, 5.0]), ["a", "a", "a", "b", "b"])
+    np.testing.assert_allclose(labels, [0.5, 1.0, 0.0, 0.5, 1.0])
+
+
+def _synthetic(n, rng):
+    """An easy case: latency grows with the first feature, the rest is noise."""
+    x = rng.random((n, FEATURE_LENGTH)).astype(np.float32)
+    return x, 1e-3 * (1.0 + 10.0 * x[:, 0])
+
+
+def test_model_ranks_an_easy_case_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    x, latency = _synthetic(200, rng)
+    model = CostModel()
+    assert not model.is_trained and (model.predict(x) == 0).all()
+    model.fit(x[:150], latency[:150], ["w"] * 150)
+    predicted = model.predict(x[150:])
+    order_true = np.argsort(latency[150:])
+    ranks = lambda v: np.argsort(np.argsort(v))  # noqa: E731  (Spearman: correlation of ranks)
+    assert np.corrcoef(ranks(predicted), ranks(-latency[150:]))[0, 1] > 0.9
+    assert set(np.argsort(-predicted)[:5]) & set(order_true[:10])
+    loaded = CostModel.load(model.save(), trained_on=150)
+    np.testing.assert_allclose(loaded.predict(x[150:]), predicted, rtol=1e-6)
+
+
+def test_update_retrains_only_when_data_grew_enough():
+    rng = np.random.default_rng(1)
+    x, latency = _synthetic(100, rng)
+    model = CostModel()
+    assert not model.update(x[:10], latency[:10], ["w"] * 10)  # below the minimum: still untrained
+    assert model.update(x[10:40], latency[10:40], ["w"] * 30) and model.trained_on == 40
+    assert not model.update(x[40:45], latency[40:45], ["w"] * 5)  # +12%: not yet
+    assert model.update(x[45:50], latency[45:50], ["w"] * 5) and model.trained_on == 50
+
+
+def _records(space, hw, latencies):
+    rng = random.Random(0)
+    out = []
+    for latency in latencies:
+        candidate = space.sample(rng)
+        status = Status.OK if latency else Status.RUN_ERROR
+        out.append(TrialRecord(space.workload.key, hw.key, candidate.key, candidate.decisions, status,
+                               latencies=(latency,) * 3 if latency else ()))
+    return out
+
+
+def test_warm_start_trains_on_every_workload_of_the_target_and_reloads(tmp_path, hw):
+    with Database(tmp_path / "t.db") as db:
+        for op, shape in [("matmul", "32,32,32"), ("dense", "16,32,32")]:
+            space = SearchSpace(ops.make(op, shape))
+            db.commit_workload(space.workload)
+            for record in _records(space, hw, [1e-3 * (1 + i % 7) if i % 9 else None for i in range(24)]):
+                db.commit_trial(record)
+        model = warm_start(db, hw, space.config)
+        assert model.is_trained and model.trained_on == 48 and len(set(model.groups)) == 2
+        db.save_model(hw.key, FEATURE_VERSION, model.trained_on, model.save())
+        again = warm_start(db, hw, space.config)  # same records: the saved model is loaded, not refitted
+        probe = FeatureExtractor(space, hw).extract([space.sample(random.Random(9))])
+        np.testing.assert_allclose(again.predict(probe), model.predict(probe), rtol=1e-6)
+
+
+def test_guided_search_never_repeats_and_follows_the_model(hw):
+    space = SearchSpace(ops.make("matmul", "64,64,64"))
+    extractor = FeatureExtractor(space, hw)
+    measured = _records(space, hw, [1e-3] * 8)
+    model = CostModel()
+    search = ModelGuidedSearch(space, extractor, model, seed=0, measured=measured, population=16, generations=1)
+    untrained = search.ask(4)  # untrained: random exploration, default first
+    assert untrained[0].key == space.default_candidate().key
+    # Train a model that loves large vector widths, then check that the search follows it.
+    pool = [space.sample(random.Random(i)) for i in range(60)]
+    features = extractor.extract(pool)
+    vector = np.array([c.decisions["blocks"]["C"]["spatial"][-1][-1] for c in pool], dtype=float)
+    model.fit(features, 1e-3 / vector, ["w"] * len(pool))
+    batch = search.ask(10)
+    keys = [c.key for c in batch]
+    assert len(set(keys)) == len(keys)
+    assert not set(keys) & {r.candidate_key for r in measured} and not set(keys) & {c.key for c in untrained}
+    guided = [c.decisions["blocks"]["C"]["spatial"][-1][-1] for c in batch[: 8]]
+    assert np.mean(guided) > np.mean(vector)
+
+
+def test_features_do_not_import_tensor_intrin():
+    """MetaSchedule's TuneContext imports tvm.s_tir.tensor_intrin (~20 s); our feature path must not."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from autotune import ops; from autotune.features import FeatureExtractor; "
+            "from autotune.search_space import SearchSpace; from autotune.target import resolve_target; "
+            "s = SearchSpace(ops.make('matmul', '16,16,16')); "
+            "FeatureExtractor(s, resolve_target('llvm')).extract([s.default_candidate()]); "
+            "print(any(m.startswith('tvm.s_tir.tensor_intrin') for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
