@@ -29,7 +29,7 @@ from .workload import as_workload
 
 logger = logging.getLogger(__name__)
 
-MIN_TRAINING_RECORDS = 32  # below this, the search explores at random
+MIN_TRAINING_RECORDS = 16  # below this, the search explores at random
 RETRAIN_GROWTH = 0.2
 MAX_WARM_START_RECORDS = 20_000
 
