@@ -169,9 +169,11 @@ def _mutate_block(block: dict[str, Any], rule: Any, space: SearchSpace, rng: ran
         else:
             block["accumulator"] = rng.choice(config.accumulator_scopes)
         return
-    keys = [k for k in ("depth", "parallel", "vector") if k in block]
+    keys = [k for k in ("depth", "parallel", "vector", "inline") if k in block]
     key = rng.choice(keys)
-    if key == "depth":
+    if key == "inline":
+        block["inline"] = not block["inline"]
+    elif key == "depth":
         block["depth"] = rng.choice(rule.depths)
     elif key == "parallel":
         block["parallel"] = rng.randint(0, len(rule.spatial))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import tvm
@@ -64,6 +64,7 @@ class BlockRule:
     epilogue_inline: bool = False  # tile: the epilogue can be inlined into the write-back
     depths: tuple[int, ...] = ()  # compute_at: feasible depths in the consumer (0 = root)
     consumer: str | None = None
+    inlinable: bool = False  # loops: an elementwise producer (e.g. padding) that may also be inlined
 
 
 @dataclass
@@ -117,10 +118,12 @@ def apply_candidate(space: SearchSpace, candidate: Candidate) -> s_tir.Schedule:
     # Rejected decisions are routine while sampling; rendering TVM's diagnostics for them is not worth it.
     sch = s_tir.Schedule(space.workload.mod, error_render_level="none")
     decisions = candidate.decisions.get("blocks", {})
-    # Step 1. Inline elementwise producers (not a decision: it always helps on CPU).
-    for name in space.inlined:
-        sch.compute_inline(sch.get_sblock(name))
+    # Step 1. Inline elementwise producers: always, except those feeding a tiled block, where it is a decision.
     rules = [r for r in space.rules if r.block in decisions]
+    inline = [r.block for r in rules if r.inlinable and decisions[r.block].get("inline")]
+    for name in [*space.inlined, *inline]:
+        sch.compute_inline(sch.get_sblock(name))
+    rules = [r for r in rules if r.block not in inline]
     # Step 2. Compute producers inside their consumers, consumers first so their loops are intact.
     for rule in reversed([r for r in rules if r.rule == "compute_at"]):
         depth = decisions[rule.block]["depth"]
@@ -151,10 +154,17 @@ def _analyse(workload: Workload, config: SpaceConfig) -> tuple[tuple[str, ...], 
     sch = s_tir.Schedule(workload.mod)
     root = sch.get_sblock("root")
     outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
-    inlined = []
+    inlined, optional = [], set()
     for block in list(sch.get_child_blocks(root)):
         name = sch.get(block).name_hint
-        if name not in outputs and not _reduction_iters(sch, block) and _try(sch.compute_inline, block):
+        if name in outputs or _reduction_iters(sch, block):
+            continue
+        if any(_has_reuse(sch, c) for c in sch.get_consumers(block)):
+            # Inlining padding into a tiled conv puts a branch in its inner loop; let the search decide.
+            probe = sch.copy()
+            if _try(probe.compute_inline, probe.get_sblock(name)):
+                optional.add(name)
+        elif _try(sch.compute_inline, block):
             inlined.append(name)
     blocks = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
     tiled = {n for n in blocks if _has_reuse(sch, sch.get_sblock(n))}
@@ -164,7 +174,8 @@ def _analyse(workload: Workload, config: SpaceConfig) -> tuple[tuple[str, ...], 
         if name in tiled:
             rules.append(_tile_rule(sch, name, epilogues[name]))
         elif name not in epilogues.values():
-            rules.append(_placement_rule(sch, name, tiled, config))
+            rule = _placement_rule(sch, name, tiled, config)
+            rules.append(replace(rule, inlinable=True) if rule and name in optional else rule)
     return tuple(inlined), tuple(r for r in rules if r is not None)
 
 
@@ -273,6 +284,8 @@ def _draw_block(rule: BlockRule, config: SpaceConfig, rng: random.Random) -> dic
             "accumulator": rng.choice(config.accumulator_scopes),
         }
     loops = _draw_loops(rule, config, rng)
+    if rule.inlinable:
+        loops["inline"] = rng.random() < 0.5
     if rule.rule == "compute_at":
         return {"depth": rng.choice(rule.depths), **loops}
     return loops
