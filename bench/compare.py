@@ -7,23 +7,18 @@ Run from the checkout root (each real workload takes minutes per tuner and budge
     python bench/compare.py --trials 64,256 --write bench/RESULTS.md  # the full comparison (hours)
     python bench/compare.py --strategies random,model                 # default: random, plus model if known
 
-For every workload and every budget N in `--trials`, in this order and this process: autotune
-(`autotune.tune(..., trials=N, strategy=S)`, a fresh temporary database per workload, budget and
-strategy), then MetaSchedule (`tune_tir` with the same tvm Target, `max_trials_global=N`,
-`num_trials_per_iter=min(64, N)`, its logs and output in a temporary work dir). The best
-schedule of each is then rebuilt here and re-timed by one method, the one autotune's runner
-uses (`time_evaluator`, number=1, repeat=5, min_repeat_ms=30, median), after its output was
-checked against TVM's untuned build on `workload.random_inputs(0)`. PyTorch eager runs last,
-once per workload (median of single calls, checked the same way), so that its thread pool
-never competes with tuning. TVM kernels run on TVM_NUM_THREADS = the cores this process may
-use; torch uses as many threads.
+For every workload and budget N, in this process: autotune (`autotune.tune(..., trials=N,
+strategy=S)`, a fresh temporary database per workload, budget and strategy), then MetaSchedule
+(`tune_tir`, same tvm Target, `max_trials_global=N`, `num_trials_per_iter=min(64, N)`, its logs in
+a temporary work dir). Each best schedule (`apply_best`, `compile_tir`) is rebuilt here, checked
+against TVM's untuned build on `workload.random_inputs(0)` and re-timed as autotune's runner
+times (`time_evaluator`, number=1, repeat=5, min_repeat_ms=30, median). PyTorch eager runs after
+all tuning (median of single calls, checked the same way). TVM_NUM_THREADS and torch's threads
+are set to the cores this process may use (TVM's default on x86 is half of them).
 
-MetaSchedule note: its builder imports `tvm.s_tir.tensor_intrin` in every fresh build worker
-(the pool restarts each iteration), which takes 10-30 s on these machines and so exceeded its
-30 s build timeout for most candidates; the builder here does that import in the pool's
-initializer, which has no timeout. The time still counts in its tuning wall time. Its best
-schedule is built as it comes out of the database, so a weight-layout rewrite it chose runs
-inside the kernel (its own recorded latency, "MS rec. ms", leaves that out).
+MetaSchedule's builder imports `tvm.s_tir.tensor_intrin` in the first build of each worker and
+restarts its workers every iteration; that import takes 20-30 s on our 2-core machines, so with
+its default 30 s build timeout most first builds failed. Here its build timeout is 120 s.
 
 Columns, per workload and budget ("ms" = median milliseconds, GFLOPS from the workload's FLOPs):
   <S> GFLOPS / <S> ms   autotune with strategy S, best schedule re-timed here
@@ -38,6 +33,9 @@ Columns, per workload and budget ("ms" = median milliseconds, GFLOPS from the wo
 "geomean" rows give each ratio's geometric mean over the workloads of one budget.
 """
 
+# ruff: noqa: E402, E731
+# (E402: TVM_NUM_THREADS must be set before anything imports tvm.)
+
 from __future__ import annotations
 
 import os
@@ -46,27 +44,27 @@ import sys
 NUM_CORES = len(os.sched_getaffinity(0))
 os.environ["TVM_NUM_THREADS"] = str(NUM_CORES)  # TVM's pool defaults to half the cores on x86 (it assumes SMT)
 
-import argparse  # noqa: E402 (TVM_NUM_THREADS must be set before tvm is imported)
-import contextlib  # noqa: E402
-import datetime  # noqa: E402
-import math  # noqa: E402
-import shlex  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import contextlib
+import datetime
+import math
+import shlex
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
 
-import numpy as np  # noqa: E402
-import tvm  # noqa: E402
-from tvm.s_tir import meta_schedule as ms  # noqa: E402
+import numpy as np
+import tvm
+from tvm.s_tir import meta_schedule as ms
 
-import autotune  # noqa: E402
-from autotune import ops  # noqa: E402
-from autotune.tuner import STRATEGIES  # noqa: E402
+import autotune
+from autotune import ops
+from autotune.tuner import STRATEGIES
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tune_suite import cpu_secs, median_secs, torch, torch_kernel  # noqa: E402
+from tune_suite import cpu_secs, median_secs, torch, torch_kernel
 
 # name -> (operator, shape in ops' order (`autotune ops`), quick shape, options)
 SUITE: dict[str, tuple[str, str, str, dict[str, Any]]] = {
@@ -79,6 +77,7 @@ SUITE: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "softmax": ("softmax", "512,256", "32,128", {}),
     "layernorm": ("layernorm", "256,1024", "32,128", {}),
 }
+MS_BUILD_TIMEOUT_SECS = 120.0  # MetaSchedule's default is 30 s (see the docstring)
 
 
 @dataclass
@@ -100,7 +99,7 @@ class Reference:
 
 def one_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:160]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:160].replace("|", "/")  # a Markdown cell
 
 
 def close(got: np.ndarray, want: np.ndarray) -> bool:
@@ -144,14 +143,9 @@ def run_autotune(workload: autotune.Workload, hw: Any, trials: int, strategy: st
         if mod is None:
             raise RuntimeError(f"no correct candidate ({result.counts()})")
         out.secs = retime(mod, hw, ref)
-    except Exception as exc:  # noqa: BLE001 - a failure is a table cell, the run goes on
+    except Exception as exc:  # a failure is a table cell, and the run goes on
         out.error = one_line(exc)
     return out
-
-
-def _import_tensor_intrin() -> None:
-    """Runs once per MetaSchedule build worker, outside the per-build timeout (see the docstring)."""
-    import tvm.s_tir.tensor_intrin  # noqa: F401
 
 
 @contextlib.contextmanager
@@ -178,7 +172,8 @@ def run_metaschedule(workload: autotune.Workload, hw: Any, trials: int, tmp: str
         with output_to(os.path.join(work_dir, "output.log")):
             database = ms.tune_tir(
                 mod=workload.mod, target=hw.target, work_dir=work_dir, max_trials_global=trials,
-                num_trials_per_iter=min(64, trials), builder=ms.builder.LocalBuilder(initializer=_import_tensor_intrin),
+                num_trials_per_iter=min(64, trials),
+                builder=ms.builder.LocalBuilder(timeout_sec=MS_BUILD_TIMEOUT_SECS),
             )
         out.wall = time.perf_counter() - start
         record = database.query_tuning_record(workload.mod, hw.target, "main")
@@ -188,7 +183,7 @@ def run_metaschedule(workload: autotune.Workload, hw: Any, trials: int, tmp: str
         if sch is None:
             raise RuntimeError("no valid schedule in its database")
         out.secs = retime(sch.mod, hw, ref)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         out.error = one_line(exc)
     return out
 
@@ -230,11 +225,11 @@ def table(rows: list[dict[str, Any]], strategies: list[str]) -> str:
         "autotune/MS", "autotune/torch", "tune s autotune/MS"]
     head += ["torch GFLOPS", "torch ms", *ratios]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    ms_ = lambda s: f"{s * 1e3:.4g}" if s else "n/a"  # noqa: E731
+    ms_ = lambda s: f"{s * 1e3:.4g}" if s else "n/a"
     by_budget: dict[int, dict[str, list[float]]] = {}
     for row in rows:
         w, o, primary = row["workload"], row["outcomes"], row["outcomes"][strategies[-1]]
-        gf = lambda s: f"{w.flops / s / 1e9:.1f}" if s and w.flops else "n/a"  # noqa: E731
+        gf = lambda s: f"{w.flops / s / 1e9:.1f}" if s and w.flops else "n/a"
         cells = [w.name, str(row["trials"])]
         for tool in tools:
             x = o[tool]
@@ -290,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"{','.join(STRATEGIES)}); ratios use the last")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and 8 trials: a smoke run")
     parser.add_argument("--write", metavar="PATH", help="append this run's section to a Markdown file")
-    parser.add_argument("--keep", metavar="DIR", help="keep the databases and MetaSchedule's logs in DIR (new or empty)")
+    parser.add_argument("--keep", metavar="DIR", help="keep databases and MetaSchedule logs in DIR (new or empty)")
     args = parser.parse_args(argv[1:])
     names = args.workloads.split(",") if args.workloads else list(SUITE)
     strategies = args.strategies.split(",")
@@ -312,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TVM_NUM_THREADS"] = str(hw.num_cores)
     if torch is not None:
         torch.set_num_threads(hw.num_cores)
-    log = lambda msg: print(f"[compare] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda msg: print(f"[compare] {msg}", file=sys.stderr, flush=True)
     start, (busy0, own0) = time.perf_counter(), cpu_secs()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="compare-") as tmp:
@@ -332,12 +327,14 @@ def main(argv: list[str] | None = None) -> int:
                         outcomes[tool] = run_autotune(workload, hw, trials, tool, tmp, ref)
                     x = outcomes[tool]
                     log(f"  failed: {x.error}" if x.error else
-                        f"  {x.wall:.1f} s ({x.wall / trials:.2f} s/trial), best {x.secs * 1e3:.3f} ms re-timed")
+                        f"  {x.wall:.1f} s ({x.wall / trials:.2f} s/trial), best {x.secs * 1e3:.4g} ms re-timed")
                 rows.append({"name": name, "op": op, "workload": workload, "ref": ref, "trials": trials,
                              "outcomes": outcomes})
-    for row in rows:  # after all tuning: torch's thread pool never competes with a measurement
-        same = next(r for r in rows if r["name"] == row["name"])
-        row["outcomes"]["torch"] = same["outcomes"].get("torch") or run_torch(row["op"], row["workload"], row["ref"])
+    torch_secs: dict[str, Outcome] = {}  # after all tuning: torch's thread pool never competes with a measurement
+    for row in rows:
+        if row["name"] not in torch_secs:
+            torch_secs[row["name"]] = run_torch(row["op"], row["workload"], row["ref"])
+        row["outcomes"]["torch"] = torch_secs[row["name"]]
     busy1, own1 = cpu_secs()
     total = time.perf_counter() - start
     text = header(hw, strategies, argv, total, max(0.0, (busy1 - busy0) - (own1 - own0))) + "\n\n"
