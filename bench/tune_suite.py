@@ -6,7 +6,7 @@ Run from the checkout root:
     python bench/tune_suite.py                                  # full suite, 64 trials per workload
     python bench/tune_suite.py --trials 128 --workloads matmul,dense --write bench/RESULTS.md
 
-Each workload is tuned with `autotune.tune` (random search) into a fresh temporary database
+Each workload is tuned with `autotune.tune` (its default, model-guided search) into a fresh temporary database
 (`--db PATH` to use another: earlier records there then count towards "best"). All tuning
 runs first; the baselines are checked and timed afterwards, so that PyTorch's and NumPy's
 thread pools never compete with a measurement. The table reports, per workload: the tuning
@@ -233,7 +233,7 @@ def header(hw: autotune.HardwareTarget, argv: list[str], total_secs: float, othe
         f"## {datetime.datetime.now(datetime.timezone.utc):%a %b %d %H:%M:%S UTC %Y}",
         "",
         f"- machine: {model}, {hw.num_cores} cores used; target key `{hw.key}`, mcpu `{hw.target_json().get('mcpu')}`",
-        f"- autotune {autotune.__version__}, random search; TVM {tvm.__version__}, {tvm_threads} threads; {torch_info}",
+        f"- autotune {autotune.__version__}, default (model-guided) search; TVM {tvm.__version__}, {tvm_threads} threads; {torch_info}",
         f"- numpy {np.__version__}: {blas_info}; {env}",
         f"- command: `{' '.join(shlex.quote(a) for a in ['python', *argv])}`; total {total_secs:.0f} s",
         f"- other processes kept {others:.0f} core-s busy during the run ({others / total_secs:.2f} cores on average;"
