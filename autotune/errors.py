@@ -1,6 +1,12 @@
 """Exceptions raised for user mistakes. Per-candidate failures are data (trial statuses), not exceptions."""
 
 
+def last_line(err: BaseException) -> str:
+    """The last line of an exception's text: where TVM puts the actual message of its multi-line errors."""
+    lines = str(err).strip().splitlines()
+    return lines[-1] if lines else type(err).__name__
+
+
 class AutotuneError(Exception):
     """Base class of every error autotune raises on purpose; its message is one clear line."""
 

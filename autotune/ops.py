@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import tvm
 from tvm import te, topi
 
-from .errors import AutotuneError, ShapeError, UnknownOperatorError
+from .errors import AutotuneError, ShapeError, UnknownOperatorError, last_line
 from .workload import SUPPORTED_DTYPES, Workload, as_workload
 
 Shape = tuple[int, ...]
@@ -108,7 +108,7 @@ def _operator(
             except AutotuneError:
                 raise
             except Exception as err:  # a TVM error here means the shape does not fit the operator
-                raise ShapeError(f"cannot build {name} with shape {_dims(shape)}: {_last_line(err)}") from err
+                raise ShapeError(f"cannot build {name} with shape {_dims(shape)}: {last_line(err)}") from err
 
         OPERATORS[name] = OpSpec(name, build, shape_help, default_shape, dict(options or {}))
         return fn
@@ -162,11 +162,6 @@ def _label(name: str, shape: Shape, dtype: str, values: dict[str, Any], defaults
 
 def _dims(shape: Sequence[int]) -> str:
     return "x".join(str(d) for d in shape)
-
-
-def _last_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[-1] if lines else type(err).__name__
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import numpy as np
 import tvm
 from tvm import s_tir, te
 
-from .errors import WorkloadError
+from .errors import WorkloadError, last_line
 
 SUPPORTED_DTYPES = ("float32", "float64", "float16", "int8", "uint8", "int32", "int64")
 
@@ -107,7 +107,7 @@ def _to_prim_func(obj: Any) -> tvm.tirx.PrimFunc:
         try:
             return te.create_prim_func(list(obj))
         except Exception as err:  # TVM raises a generic error; give the user one line.
-            raise WorkloadError(f"cannot build a PrimFunc from these TE tensors: {_first_line(err)}") from err
+            raise WorkloadError(f"cannot build a PrimFunc from these TE tensors: {last_line(err)}") from err
     raise WorkloadError(
         f"cannot tune a {type(obj).__name__}: pass a tvm PrimFunc, an IRModule with one PrimFunc, "
         "or a list of TE tensors (inputs then outputs)"
@@ -165,9 +165,4 @@ def _random_array(rng: np.random.Generator, arg: ArgInfo) -> np.ndarray:
     info = np.iinfo(arg.dtype)
     low, high = max(info.min, -8), min(info.max, 8)
     return rng.integers(low, high, size=arg.shape, endpoint=True).astype(arg.dtype)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[-1] if text else type(err).__name__
 
