@@ -14,12 +14,12 @@ from typing import Any, Callable
 
 import tvm
 
+from .cost_model import warm_start
 from .database import Database
-from .errors import BudgetError
+from .errors import AutotuneError, BudgetError
+from .features import FEATURE_VERSION, FeatureExtractor
 from .measure import MeasureOptions, Measurer
 from .records import TrialRecord
-from .cost_model import warm_start
-from .features import FEATURE_VERSION, FeatureExtractor
 from .search import ModelGuidedSearch, RandomSearch, SearchStrategy
 from .search_space import Candidate, SearchSpace, apply_candidate
 from .space_config import SpaceConfig, load_space_config
@@ -162,7 +162,7 @@ def _strategy(name: str, space: SearchSpace, hw: HardwareTarget, db: Database, s
         model = warm_start(db, hw, space.config)
         measured = db.trials(space.workload.key, hw.key)
         return ModelGuidedSearch(space, FeatureExtractor(space, hw), model, seed=seed, measured=measured)
-    raise BudgetError(f"unknown search strategy {name!r} (known: {', '.join(STRATEGIES)})")
+    raise AutotuneError(f"unknown search strategy {name!r} (known: {', '.join(STRATEGIES)})")
 
 
 def _save_model(db: Database, hw: HardwareTarget, search: SearchStrategy, saved_on: int) -> int:
