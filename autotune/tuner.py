@@ -13,10 +13,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import tvm
+from tvm import s_tir
 
 from .cost_model import warm_start
 from .database import Database
-from .errors import AutotuneError, BudgetError
+from .errors import AutotuneError, BudgetError, last_line
 from .features import FEATURE_VERSION, FeatureExtractor
 from .measure import MeasureOptions, Measurer
 from .records import TrialRecord
@@ -139,8 +140,26 @@ def apply_best(
 
 
 def apply_record(workload: Workload, record: TrialRecord, config: SpaceConfig) -> tvm.IRModule:
-    """Replay a record's decisions on the workload."""
-    return apply_candidate(SearchSpace(workload, config), Candidate(record.decisions)).mod
+    """Replay a record on the workload: its decisions when it has them, else its TVM trace.
+
+    Records imported from other tools (MetaSchedule) carry only a trace (`decisions == {}`);
+    ours carry both, and the decisions are the stable format, so they win.
+    """
+    if record.decisions:
+        return apply_candidate(SearchSpace(workload, config), Candidate(record.decisions)).mod
+    if record.trace is None:
+        raise AutotuneError(f"record {record.id} of {workload.name} has neither decisions nor a trace to replay")
+    return replay_trace(workload, record.trace)
+
+
+def replay_trace(workload: Workload, trace: Any) -> tvm.IRModule:
+    """Apply a TVM schedule trace (its JSON form) to the workload; a trace that does not fit is an AutotuneError."""
+    sch = s_tir.Schedule(workload.mod, error_render_level="none")
+    try:
+        s_tir.schedule.Trace.apply_json_to_schedule(trace, sch)
+    except Exception as err:  # TVM raises its own error types for a trace of another program
+        raise AutotuneError(f"the stored trace does not apply to {workload.name}: {last_line(err)}") from err
+    return sch.mod
 
 
 def check_budget(trials: int, batch_size: int = 1) -> None:

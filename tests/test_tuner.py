@@ -13,6 +13,7 @@ from autotune.errors import BudgetError
 from autotune.records import Status
 from autotune.search_space import SearchSpace
 from autotune.target import resolve_target
+from autotune.tuner import apply_record
 
 from conftest import te_matmul
 
@@ -87,3 +88,14 @@ def test_default_candidate_is_measured_first_as_the_untuned_baseline(db_path):
 def test_impossible_budgets_are_rejected(db_path, trials):
     with pytest.raises(BudgetError):
         autotune.tune(te_matmul(), trials=trials, database=db_path)
+
+
+def test_a_record_with_only_a_trace_replays_to_the_same_schedule(db_path):
+    """Records imported from MetaSchedule carry a TVM trace and no decisions of ours."""
+    workload = ops.make("dense", "32,64,48", bias="true", epilogue="relu")
+    result = autotune.tune(workload, trials=3, database=db_path, seed=4)
+    trace_only = dataclasses.replace(result.best, decisions={})
+    config = autotune.load_space_config("cpu")
+    tvm.ir.assert_structural_equal(apply_record(workload, trace_only, config), result.mod)
+    with pytest.raises(autotune.AutotuneError, match="does not apply"):
+        apply_record(ops.make("matmul", "16,16,16"), trace_only, config)
