@@ -103,6 +103,18 @@ class Database:
             raise DatabaseError(f"{self.path}: SQLite reported no row id for the inserted trial")
         return int(table.last_rowid)
 
+    def merge_trials(self, records: list[TrialRecord]) -> int:
+        """Insert trials measured elsewhere, skipping those (by `uid`) already here; returns how many were new.
+
+        One transaction: a merge is either complete or absent, and merging the same log twice adds nothing.
+        """
+        table = self._db.table("trials")
+        with self._db.conn:
+            before = self._db.execute("SELECT count(*) FROM trials").fetchone()[0]
+            table.insert_all((_trial_row(r) for r in records), ignore=True, batch_size=500)
+            after = self._db.execute("SELECT count(*) FROM trials").fetchone()[0]
+        return int(after - before)
+
     # -- queries --------------------------------------------------------------------------
 
     def measured_candidate_keys(self, workload_key: str, target_key: str) -> set[str]:
@@ -226,7 +238,15 @@ def _m002_models(db: sqlite_utils.Database) -> None:
     )
 
 
-_MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_m001_initial, _m002_models)
+def _m003_trial_identity(db: sqlite_utils.Database) -> None:
+    """A unique id per measurement and where it was made, so that merging logs is idempotent."""
+    db.execute("ALTER TABLE trials ADD COLUMN uid TEXT")
+    db.execute("ALTER TABLE trials ADD COLUMN origin TEXT NOT NULL DEFAULT ''")
+    db.execute("UPDATE trials SET uid = lower(hex(randomblob(16))) WHERE uid IS NULL")
+    db.execute("CREATE UNIQUE INDEX idx_trials_uid ON trials (uid)")
+
+
+_MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_m001_initial, _m002_models, _m003_trial_identity)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -351,6 +371,7 @@ def _trial_row(record: TrialRecord) -> dict[str, Any]:
         latency_median=record.latency, latency_std=record.latency_std,
         latencies=_dumps([float(x) for x in record.latencies]), error=record.error, build_secs=float(record.build_secs),
         versions=_dumps(dict(record.versions)), created_at=float(record.created_at),
+        uid=record.uid, origin=record.origin,
     )
 
 

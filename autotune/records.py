@@ -6,8 +6,10 @@ measured again and never chosen as best.
 
 from __future__ import annotations
 
+import socket
 import statistics
 import time
+import uuid
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -44,6 +46,10 @@ class TrialRecord:
     versions: dict[str, str] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     id: int | None = None
+    # `uid` names this measurement in every database it is copied to (imports skip known uids);
+    # `origin` says where it was measured (host name) or where it came from (an imported tool).
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    origin: str = field(default_factory=socket.gethostname)
 
     @property
     def latency(self) -> float | None:
@@ -72,6 +78,8 @@ class TrialRecord:
             "build_secs": self.build_secs,
             "versions": dict(self.versions),
             "created_at": self.created_at,
+            "uid": self.uid,
+            "origin": self.origin,
         }
 
     @staticmethod
@@ -89,4 +97,6 @@ class TrialRecord:
             versions=dict(data.get("versions") or {}),
             created_at=float(data.get("created_at") or time.time()),
             id=data.get("id"),
+            uid=data.get("uid") or uuid.uuid4().hex,
+            origin=data.get("origin") or "",
         )
