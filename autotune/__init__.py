@@ -5,6 +5,8 @@ Public API::
     result = autotune.tune([A, B, C], target="llvm", trials=64, database="cache/tuning.db")
     result.best_latency, result.mod
     mod = autotune.apply_best([A, B, C], target="llvm", database="cache/tuning.db")
+    with autotune.Database() as db:
+        autotune.export_log(db, "fleet.jsonl"); autotune.import_log(db, "fleet.jsonl")
 """
 
 __version__ = "0.1.0"
@@ -15,12 +17,14 @@ from .errors import (
     AutotuneError,
     BudgetError,
     DatabaseError,
+    LogError,
     SearchSpaceError,
     ShapeError,
     TargetError,
     UnknownOperatorError,
     WorkloadError,
 )
+from .logs import MergeSummary, export_log, import_log
 from .measure import MeasureOptions
 from .records import Status, TrialRecord
 from .search_space import Candidate, SearchSpace
@@ -36,7 +40,9 @@ __all__ = [
     "Database",
     "DatabaseError",
     "HardwareTarget",
+    "LogError",
     "MeasureOptions",
+    "MergeSummary",
     "Progress",
     "SearchSpace",
     "SearchSpaceError",
@@ -52,6 +58,8 @@ __all__ = [
     "apply_best",
     "as_workload",
     "default_database_path",
+    "export_log",
+    "import_log",
     "load_space_config",
     "ops",
     "resolve_target",

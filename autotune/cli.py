@@ -1,4 +1,4 @@
-"""The `autotune` command line: tune, best, demo, ops.
+"""The `autotune` command line: tune, best, demo, ops, cache (export/import/ls/stats/prune).
 
 Errors from bad input are one line on stderr and exit code 2; progress goes to a tqdm bar.
 """
@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import ops
+from . import logs, ops
 from .database import Database, default_database_path
 from .errors import AutotuneError, ShapeError
 from .records import TrialRecord
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     workload = _workload(args)
-    result = _tune_with_bar(workload, args.target, args.trials, args.db, args.seed)
+    result = _tune_with_bar(workload, args.target, args.trials, args.db, args.seed, args.similar)
     _print_result(result, args.db)
     return 0
 
@@ -88,6 +88,57 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache_export(args: argparse.Namespace) -> int:
+    with Database(args.db) as db:
+        n = logs.export_log(db, args.out, workload=args.workload, target_key=args.target_key)
+    print(f"wrote {n} trials to {args.out}")
+    return 0
+
+
+def cmd_cache_import(args: argparse.Namespace) -> int:
+    with Database(args.db) as db:
+        for path in args.files:
+            s = logs.import_log(db, path)
+            print(f"{path}: {s.trials} trials read, {s.added} added, {s.skipped} already present "
+                  f"({s.workloads} workloads, {s.targets} targets)")
+    return 0
+
+
+def cmd_cache_ls(args: argparse.Namespace) -> int:
+    here = resolve_target(_target_spec(args.target)).key
+    with Database(args.db) as db:
+        rows = db.summary()
+    if not rows:
+        print(f"{args.db or default_database_path()}: no records")
+        return 0
+    print(f"{'workload':<28}{'key':<22}{'target':<24}{'trials':>8}{'ok':>6}{'best (ms)':>12}")
+    for r in rows:
+        best = f"{r['best_latency'] * 1e3:.4f}" if r["best_latency"] else "-"
+        mark = " (this device)" if r["target_key"] == here else ""
+        print(f"{(r['workload_name'] or '?')[:27]:<28}{r['workload_key']:<22}{r['target_key'] + mark:<24}"
+              f"{r['trials']:>8}{r['ok']:>6}{best:>12}")
+    return 0
+
+
+def cmd_cache_stats(args: argparse.Namespace) -> int:
+    with Database(args.db) as db:
+        stats = db.stats()
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(stats["by_status"].items())) or "none"
+    origins = ", ".join(f"{n} from {o or '?'}" for o, n in sorted(stats["by_origin"].items())) or "none"
+    print(f"database: {stats['path']} (schema {stats['schema']}, {stats['bytes'] / 1e6:.2f} MB)")
+    print(f"workloads: {stats['workloads']}  targets: {stats['targets']}  cost models: {stats['models']}")
+    print(f"trials: {stats['trials']} ({statuses})")
+    print(f"origins: {origins}")
+    return 0
+
+
+def cmd_cache_prune(args: argparse.Namespace) -> int:
+    with Database(args.db) as db:
+        deleted = db.prune(args.keep)
+    print(f"deleted {deleted} trials; kept the {args.keep} fastest correct ones per workload and target")
+    return 0
+
+
 def cmd_ops(args: argparse.Namespace) -> int:
     for spec in ops.OPERATORS.values():
         options = ", ".join(f"{k} ({v})" for k, v in spec.options.items()) or "-"
@@ -100,7 +151,9 @@ def cmd_ops(args: argparse.Namespace) -> int:
 # helpers
 
 
-def _tune_with_bar(workload: Workload, target: str | None, trials: int, db: str | None, seed: int | None) -> TuneResult:
+def _tune_with_bar(
+    workload: Workload, target: str | None, trials: int, db: str | None, seed: int | None, similar: bool = False
+) -> TuneResult:
     from tqdm import tqdm
 
     hw = resolve_target(_target_spec(target))  # bad input fails before the bar is drawn
@@ -112,7 +165,7 @@ def _tune_with_bar(workload: Workload, target: str | None, trials: int, db: str 
             if p.best_latency:
                 bar.set_postfix_str(f"best {p.best_latency * 1e3:.3f} ms, {p.best_gflops or 0:.1f} GFLOPS")
 
-        return tune(workload, hw, trials, db, seed=seed, progress=on_progress)
+        return tune(workload, hw, trials, db, seed=seed, progress=on_progress, similar=similar)
 
 
 def _print_result(result: TuneResult, db: str | None) -> None:
@@ -195,6 +248,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", parents=[common, workload], help="tune a built-in operator and cache the results")
     p.add_argument("--trials", type=int, default=64)
     p.add_argument("--seed", type=int)
+    p.add_argument("--similar", action="store_true",
+                   help="start from the records of the most similar other device (measured here before use)")
     p.set_defaults(run=cmd_tune)
     p = sub.add_parser("best", parents=[common, workload], help="show the best cached schedule of an operator")
     p.add_argument("--show", action="store_true", help="print the scheduled TVMScript")
@@ -205,7 +260,29 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_demo)
     p = sub.add_parser("ops", help="list the built-in operators")
     p.set_defaults(run=cmd_ops)
+    _cache_parser(sub, common)
     return parser
+
+
+def _cache_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("cache", help="export, import, list, count and prune the cached records")
+    p.set_defaults(run=lambda args: p.print_help() or 2)
+    actions = p.add_subparsers(dest="cache_command", metavar="ACTION")
+    a = actions.add_parser("export", parents=[common], help="write records as a JSON-lines log")
+    a.add_argument("--out", required=True, help="log file to write (JSON lines)")
+    a.add_argument("--workload", help="only this workload (key or name)")
+    a.add_argument("--target-key", help="only this hardware target key")
+    a.set_defaults(run=cmd_cache_export)
+    a = actions.add_parser("import", parents=[common], help="merge logs into the database (idempotent)")
+    a.add_argument("files", nargs="+", metavar="FILE")
+    a.set_defaults(run=cmd_cache_import)
+    a = actions.add_parser("ls", parents=[common], help="workloads and targets with record counts and best latency")
+    a.set_defaults(run=cmd_cache_ls)
+    a = actions.add_parser("stats", parents=[common], help="totals: workloads, targets, trials by status and origin")
+    a.set_defaults(run=cmd_cache_stats)
+    a = actions.add_parser("prune", parents=[common], help="keep the N fastest correct trials per workload and target")
+    a.add_argument("--keep", type=int, required=True, metavar="N")
+    a.set_defaults(run=cmd_cache_prune)
 
 
 if __name__ == "__main__":

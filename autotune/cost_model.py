@@ -46,6 +46,13 @@ _PARAMS = {
 _ROUNDS = 120
 
 
+def model_group(record: TrialRecord, target: HardwareTarget) -> str:
+    """The group a record's latency is normalized in: its workload, and its device when not this one."""
+    if record.target_key == target.key:
+        return record.workload_key
+    return f"{record.workload_key}@{record.target_key}"
+
+
 def normalized_throughput(latencies: np.ndarray, groups: Sequence[str]) -> np.ndarray:
     """Per-group ``best latency / latency``; failed candidates (latency nan or inf) get 0."""
     latencies = np.asarray(latencies, dtype=np.float64)
@@ -121,17 +128,25 @@ def latency_or_nan(record: TrialRecord) -> float:
     return record.latency if record.latency else float("nan")
 
 
-def warm_start(db: Database, target: HardwareTarget, config: SpaceConfig) -> CostModel:
+def warm_start(
+    db: Database, target: HardwareTarget, config: SpaceConfig, similar_target_keys: Sequence[str] = ()
+) -> CostModel:
     """A model trained on every record of this hardware target in the database (all workloads).
 
-    The features of past records are recomputed from their decisions; a saved model trained on
-    exactly these records is loaded instead of refitted.
+    With `similar_target_keys` (tune(..., similar=True)) the records of those devices join
+    the training set, each (workload, device) pair normalized on its own, since latencies of
+    two devices are not comparable. The features of past records are recomputed from their
+    decisions (trace-only records, imported from MetaSchedule, have none and are left out); a
+    saved model trained on exactly these records is loaded instead of refitted.
     """
     start = time.perf_counter()
     records = db.trials(target_key=target.key)[-MAX_WARM_START_RECORDS:]
+    for key in similar_target_keys:
+        records += db.trials(target_key=key)[-MAX_WARM_START_RECORDS:]
+    records = [r for r in records if r.decisions]
     features, latencies, groups = _features_of_records(db, records, target, config)
     saved = db.load_model(target.key, FEATURE_VERSION)
-    if saved is not None and saved[1] == len(groups):
+    if saved is not None and saved[1] == len(groups) and not similar_target_keys:
         model = CostModel.load(saved[0], trained_on=saved[1])
         model.features, model.latencies, model.groups = features, latencies, groups
     else:
@@ -163,6 +178,6 @@ def _features_of_records(
             logger.warning("skipping %d records of workload %s for the cost model: %s", len(group), key, err)
             continue
         latencies += [latency_or_nan(r) for r in group]
-        groups += [key] * len(group)
+        groups += [model_group(r, target) for r in group]
     features = np.vstack(rows) if rows else np.zeros((0, FEATURE_LENGTH), dtype=np.float32)
     return features, np.asarray(latencies, dtype=np.float64), groups

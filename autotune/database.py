@@ -19,7 +19,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -103,17 +103,49 @@ class Database:
             raise DatabaseError(f"{self.path}: SQLite reported no row id for the inserted trial")
         return int(table.last_rowid)
 
-    def merge_trials(self, records: list[TrialRecord]) -> int:
-        """Insert trials measured elsewhere, skipping those (by `uid`) already here; returns how many were new.
+    def merge_trials(
+        self,
+        records: Iterable[TrialRecord],
+        workloads: Iterable[dict[str, Any]] = (),
+        targets: Iterable[dict[str, Any]] = (),
+    ) -> int:
+        """Insert trials measured elsewhere, with their workload and target rows; returns how many trials were new.
 
-        One transaction: a merge is either complete or absent, and merging the same log twice adds nothing.
+        Trials whose `uid` is already here, and workloads/targets whose key is, are skipped, so
+        merging the same log twice adds nothing. One transaction: a merge is complete or absent.
+        Workload and target rows are given as `workload_row`/`target_row` return them.
         """
-        table = self._db.table("trials")
         with self._db.conn:
-            before = self._db.execute("SELECT count(*) FROM trials").fetchone()[0]
-            table.insert_all((_trial_row(r) for r in records), ignore=True, batch_size=500)
-            after = self._db.execute("SELECT count(*) FROM trials").fetchone()[0]
-        return int(after - before)
+            for row in workloads:
+                self._db.table("workloads").insert(_encoded(row, ("args",)), pk="key", ignore=True)
+            for row in targets:
+                self._db.table("targets").insert(_encoded(row, ("target", "fingerprint")), pk="key", ignore=True)
+            before = self._count("trials")
+            self._db.table("trials").insert_all((_trial_row(r) for r in records), ignore=True, batch_size=500)
+            return self._count("trials") - before
+
+    def prune(self, keep: int) -> int:
+        """Keep only the `keep` fastest correct trials per workload and target; returns how many were deleted.
+
+        Failed trials go too, so a later session may measure a pruned candidate again.
+        """
+        if keep < 1:
+            raise DatabaseError(f"prune must keep at least 1 trial per workload and target (got {keep})")
+        with self._db.conn:
+            before = self._count("trials")
+            self._db.execute(
+                """DELETE FROM trials WHERE id NOT IN (
+                       SELECT id FROM (
+                           SELECT id, row_number() OVER (
+                               PARTITION BY workload_key, target_key ORDER BY latency_median, id) AS rank
+                           FROM trials WHERE status = 'ok' AND latency_median IS NOT NULL)
+                       WHERE rank <= ?)""",
+                [int(keep)],
+            )
+            deleted = before - self._count("trials")
+        if self.path != ":memory:":
+            self._db.vacuum()
+        return deleted
 
     # -- queries --------------------------------------------------------------------------
 
@@ -149,6 +181,26 @@ class Database:
         where = " AND ".join(clauses) or None
         rows = self._db.table("trials").rows_where(where, args, order_by="id")
         return [_trial_from_row(row) for row in list(rows)]
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per (workload, target) pair: names, trial counts and the best latency, for `cache ls`."""
+        return list(self._db.query(
+            """SELECT t.workload_key, w.name AS workload_name, t.target_key, g.kind AS target_kind,
+                      count(*) AS trials, sum(t.status = 'ok') AS ok, min(t.latency_median) AS best_latency
+               FROM trials t LEFT JOIN workloads w ON w.key = t.workload_key
+                             LEFT JOIN targets g ON g.key = t.target_key
+               GROUP BY t.workload_key, t.target_key ORDER BY w.name, t.workload_key, t.target_key"""
+        ))
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for `cache stats`: workloads, targets, trials by status and origin, models, file size."""
+        by_status = {r["status"]: r["n"] for r in self._db.query("SELECT status, count(*) AS n FROM trials GROUP BY status")}
+        by_origin = {r["origin"]: r["n"] for r in self._db.query("SELECT origin, count(*) AS n FROM trials GROUP BY origin")}
+        size = Path(self.path).stat().st_size if self.path != ":memory:" else 0
+        return {"path": str(self.path), "schema": SCHEMA_VERSION, "bytes": size,
+                "workloads": self._count("workloads"), "targets": self._count("targets"),
+                "trials": sum(by_status.values()), "by_status": by_status, "by_origin": by_origin,
+                "models": self._count("models")}
 
     def workload_row(self, key: str) -> dict[str, Any] | None:
         """The stored workload as a plain dict (args decoded), or None."""
@@ -196,6 +248,9 @@ class Database:
 
     def __repr__(self) -> str:
         return f"Database({str(self.path)!r})"
+
+    def _count(self, table: str) -> int:
+        return int(self._db.execute(f"SELECT count(*) FROM [{table}]").fetchone()[0])
 
     def _row(self, table: str, key: str, json_columns: tuple[str, ...]) -> dict[str, Any] | None:
         rows = list(self._db.table(table).rows_where("key = ?", [key], limit=1))
@@ -361,6 +416,11 @@ def _immediate(db: sqlite_utils.Database) -> Iterator[None]:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
+
+
+def _encoded(row: dict[str, Any], json_columns: tuple[str, ...]) -> dict[str, Any]:
+    """A row as workload_row/target_row return it, with its JSON columns encoded again for storage."""
+    return {k: _dumps(v) if k in json_columns else v for k, v in row.items()}
 
 
 def _trial_row(record: TrialRecord) -> dict[str, Any]:

@@ -37,3 +37,7 @@ class DatabaseError(AutotuneError):
 
 class BudgetError(AutotuneError):
     """An impossible tuning budget (for example a trial count below one)."""
+
+
+class LogError(AutotuneError):
+    """A tuning log that cannot be imported: malformed or truncated line, newer format, keys that lie."""

@@ -36,15 +36,23 @@ class SearchStrategy(Protocol):
 class RandomSearch:
     """Uniform random sampling of the space, without repeats; the untuned default comes first."""
 
-    def __init__(self, space: SearchSpace, seed: int | None = None, measured: Iterable[str] = ()):
+    def __init__(
+        self, space: SearchSpace, seed: int | None = None, measured: Iterable[str] = (), seeds: Iterable[Candidate] = ()
+    ):
         self.space = space
         self.rng = random.Random(seed)
         self.seen: set[str] = set(measured)
+        # Starting points to measure first (the best schedules of a similar device), when valid here.
+        self.seeds: list[Candidate] = [c for c in seeds if c.key not in self.seen]
 
     def ask(self, n: int) -> list[Candidate]:
         batch: list[Candidate] = []
         if self.space.default_candidate().key not in self.seen:
             batch.append(self._take(self.space.default_candidate()))
+        while self.seeds and len(batch) < n:
+            seed = self.seeds.pop(0)
+            if seed.key not in self.seen and self.space.is_valid(seed):
+                batch.append(self._take(seed))
         duplicates = 0
         while len(batch) < n and duplicates < _MAX_DUPLICATE_DRAWS:
             candidate = self.space.sample(self.rng)
@@ -75,21 +83,24 @@ class ModelGuidedSearch(RandomSearch):
         *,
         seed: int | None = None,
         measured: Iterable[TrialRecord] = (),
+        seeds: Iterable[Candidate] = (),
         epsilon: float = 0.2,
         population: int = 64,
         generations: int = 3,
     ):
         measured = list(measured)
-        super().__init__(space, seed, (r.candidate_key for r in measured))
+        super().__init__(space, seed, (r.candidate_key for r in measured), seeds)
         self.extractor = extractor
         self.model = model
         self.epsilon = epsilon
         self.population = population
         self.generations = generations
-        self.measured: list[tuple[float, Candidate]] = [(latency_or_nan(r), Candidate(r.decisions)) for r in measured]
+        self.measured: list[tuple[float, Candidate]] = [
+            (latency_or_nan(r), Candidate(r.decisions)) for r in measured if r.decisions  # trace-only: not ours to mutate
+        ]
 
     def ask(self, n: int) -> list[Candidate]:
-        if not self.model.is_trained:
+        if not self.model.is_trained or self.seeds:
             return super().ask(n)
         n_explore = int(round(self.epsilon * n)) if n > 1 else 0
         batch = [self._take(c) for c in self._ranked_unmeasured(n - n_explore)]

@@ -153,6 +153,28 @@ def host_fingerprint(num_cores: int) -> dict[str, Any]:
     }
 
 
+def fingerprint_similarity(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """How alike two device fingerprints are, from 0 (different kinds) to 1 (identical).
+
+    Used only to pick starting points for tuning on a new device (`tune(..., similar=True)`):
+    the ISA sets count most (they decide which instructions the schedules can use), then the
+    CPU identity, core count and cache sizes (they decide which tile sizes fit).
+    """
+    if a.get("kind") != b.get("kind"):
+        return 0.0
+    if a == b:
+        return 1.0
+    isa_a, isa_b = set(a.get("isa", ())), set(b.get("isa", ()))
+    isa = len(isa_a & isa_b) / len(isa_a | isa_b) if isa_a | isa_b else 1.0
+    identity = sum(a.get(k) == b.get(k) for k in ("vendor", "model_name", "family", "model")) / 4
+    cores = min(a.get("num_cores", 1), b.get("num_cores", 1)) / max(a.get("num_cores", 1), b.get("num_cores", 1), 1)
+    caches_a, caches_b = a.get("cache") or {}, b.get("cache") or {}
+    levels = set(caches_a) | set(caches_b)
+    cache = sum(min(caches_a.get(k, 0), caches_b.get(k, 0)) / max(caches_a.get(k, 0), caches_b.get(k, 0), 1)
+                for k in levels) / len(levels) if levels else 1.0
+    return 0.4 * isa + 0.2 * identity + 0.2 * cores + 0.2 * cache
+
+
 def available_cores() -> int:
     """Physical cores this process may run on: the affinity mask, capped by the physical core count."""
     try:

@@ -24,12 +24,13 @@ from .records import TrialRecord
 from .search import ModelGuidedSearch, RandomSearch, SearchStrategy
 from .search_space import Candidate, SearchSpace, apply_candidate
 from .space_config import SpaceConfig, load_space_config
-from .target import HardwareTarget, resolve_target
+from .target import HardwareTarget, fingerprint_similarity, resolve_target
 from .workload import Workload, as_workload
 
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("model", "random")
+SIMILAR_SEEDS = 8  # best schedules of a similar device measured first with similar=True
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,14 @@ def tune(
     measure: MeasureOptions | None = None,
     progress: Callable[[Progress], None] | None = None,
     name: str | None = None,
+    similar: bool = False,
 ) -> TuneResult:
     """Search `trials` new schedules for a workload on a target, measuring and caching each.
+
+    With `similar=True`, records of the closest other device of the same kind (see
+    `target.fingerprint_similarity`) are starting points: that device's best schedules of this
+    workload are measured here first and its records join the cost model's training set. They
+    are never results by themselves: only what is measured on this target is ever "best" here.
 
     Example: ``autotune.tune([A, B, C], target="llvm", trials=64, database="cache/tuning.db")``.
     """
@@ -98,7 +105,8 @@ def tune(
     with _open(database) as db:
         db.commit_workload(work)
         db.commit_target(hw.key, hw.target_json(), hw.fingerprint)
-        search = _strategy(strategy, search_space, hw, db, seed)
+        similar_key = closest_similar_target(db, hw, work.key) if similar else None
+        search = _strategy(strategy, search_space, hw, db, seed, similar_key)
         measured: list[TrialRecord] = []
         saved_on = 0
         with Measurer(search_space, hw, measure) as measurer:
@@ -174,14 +182,37 @@ def gflops(workload: Workload, latency: float | None) -> float | None:
     return workload.flops / latency / 1e9
 
 
-def _strategy(name: str, space: SearchSpace, hw: HardwareTarget, db: Database, seed: int | None) -> SearchStrategy:
+def closest_similar_target(db: Database, hw: HardwareTarget, workload_key: str) -> str | None:
+    """The key of the most similar other device of the same target kind with correct records of this workload."""
+    best: tuple[float, str] | None = None
+    for key in db.target_keys_with_records(workload_key):
+        row = db.target_row(key)
+        if key == hw.key or row is None or row["target"].get("kind") != hw.kind:
+            continue
+        score = fingerprint_similarity(hw.fingerprint, row["fingerprint"])
+        if score > 0 and (best is None or score > best[0]):
+            best = (score, key)
+    if best is not None:
+        logger.info("similar=True: starting from the records of target %s (similarity %.2f)", best[1], best[0])
+    return best[1] if best else None
+
+
+def _strategy(
+    name: str, space: SearchSpace, hw: HardwareTarget, db: Database, seed: int | None, similar_key: str | None
+) -> SearchStrategy:
+    seeds = _similar_seeds(db, space.workload.key, similar_key, SIMILAR_SEEDS) if similar_key else []
     if name == "random":
-        return RandomSearch(space, seed=seed, measured=db.measured_candidate_keys(space.workload.key, hw.key))
+        measured = db.measured_candidate_keys(space.workload.key, hw.key)
+        return RandomSearch(space, seed=seed, measured=measured, seeds=seeds)
     if name == "model":
-        model = warm_start(db, hw, space.config)
+        model = warm_start(db, hw, space.config, [similar_key] if similar_key else [])
         measured = db.trials(space.workload.key, hw.key)
-        return ModelGuidedSearch(space, FeatureExtractor(space, hw), model, seed=seed, measured=measured)
+        return ModelGuidedSearch(space, FeatureExtractor(space, hw), model, seed=seed, measured=measured, seeds=seeds)
     raise AutotuneError(f"unknown search strategy {name!r} (known: {', '.join(STRATEGIES)})")
+
+
+def _similar_seeds(db: Database, workload_key: str, target_key: str, k: int) -> list[Candidate]:
+    return [Candidate(r.decisions) for r in db.top_k(workload_key, target_key, k) if r.decisions]
 
 
 def _save_model(db: Database, hw: HardwareTarget, search: SearchStrategy, saved_on: int) -> int:

@@ -1,0 +1,191 @@
+"""Tuning logs: export → import round trips, idempotent merges, identical-device reuse, bad logs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+import autotune
+from autotune import ops
+from autotune.cli import main
+from autotune.database import Database
+from autotune.errors import LogError
+from autotune.logs import LOG_VERSION, export_log, import_log
+from autotune.target import HardwareTarget, make_key, resolve_target
+
+SHAPE = "32,32,32"
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """A database with a few real trials of a small matmul on this machine, and its log."""
+    root = tmp_path_factory.mktemp("tuned")
+    db_path, log = root / "source.db", root / "source.jsonl"
+    result = autotune.tune(ops.make("matmul", SHAPE), trials=4, database=db_path, seed=0)
+    with Database(db_path) as db:
+        assert export_log(db, log) == 4
+    return result, db_path, log
+
+
+def other_device(hw: HardwareTarget) -> HardwareTarget:
+    """The same target on a CPU with another model name and fewer ISA extensions (a faked second device)."""
+    fingerprint = {**hw.fingerprint, "model_name": "Another CPU", "isa": hw.fingerprint["isa"][:-3]}
+    return HardwareTarget(hw.target, fingerprint, make_key(hw.target_json(), fingerprint))
+
+
+def copy_to_device(db: Database, records, device: HardwareTarget) -> None:
+    db.commit_target(device.key, device.target_json(), device.fingerprint)
+    db.merge_trials([dataclasses.replace(r, target_key=device.key, uid=uuid.uuid4().hex, id=None) for r in records])
+
+
+def count(db_path) -> int:
+    with Database(db_path) as db:
+        return db.stats()["trials"]
+
+
+def test_export_import_round_trip_applies_the_same_schedule_in_a_fresh_process(tuned, tmp_path):
+    result, _, log = tuned
+    fresh = tmp_path / "fresh.db"
+    with Database(fresh) as db:
+        summary = import_log(db, log)
+        assert (summary.trials, summary.added, summary.workloads, summary.targets) == (4, 4, 1, 1)
+        imported = db.best(result.workload.key, result.target.key)
+    assert imported.uid == result.best.uid and imported.latencies == result.best.latencies
+    assert imported.origin == result.best.origin != ""
+    code = (
+        "import autotune, hashlib; from autotune import ops; "
+        f"mod = autotune.apply_best(ops.make('matmul', '{SHAPE}'), database={str(fresh)!r}); "
+        "print(hashlib.sha256(mod.script().encode()).hexdigest())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[-1] == __import__("hashlib").sha256(result.mod.script().encode()).hexdigest()
+
+
+def test_importing_twice_adds_nothing_and_logs_of_two_machines_merge(tuned, tmp_path):
+    result, source_db, log = tuned
+    # A second machine of the same kind measured other trials of the same workload.
+    second_db, second_log = tmp_path / "second.db", tmp_path / "second.jsonl"
+    autotune.tune(result.workload, trials=3, database=second_db, seed=5)
+    with Database(second_db) as db:
+        export_log(db, second_log)
+    both = tmp_path / "both.jsonl"
+    both.write_text(log.read_text() + second_log.read_text())  # concatenated logs are one log
+    merged = tmp_path / "merged.db"
+    with Database(merged) as db:
+        assert import_log(db, both).added == 7
+        again = import_log(db, both)
+        assert (again.added, again.skipped) == (0, 7)
+        assert import_log(db, log).added == 0
+        assert len(db.trials(result.workload.key, result.target.key)) == 7
+
+
+def test_records_of_another_device_are_never_applied_silently(tuned, tmp_path, capsys):
+    result, source_db, _ = tuned
+    here = result.target
+    device = other_device(here)
+    db_path, log = tmp_path / "other.db", tmp_path / "other.jsonl"
+    with Database(source_db) as src, Database(db_path) as db:
+        db.commit_workload(result.workload)
+        copy_to_device(db, src.trials(result.workload.key, here.key), device)
+        export_log(db, log, target_key=device.key)
+    fleet = tmp_path / "fleet.db"
+    with Database(fleet) as db:
+        assert import_log(db, log).added == 4
+    assert autotune.apply_best(result.workload, target=here, database=fleet) is None
+    assert autotune.apply_best(result.workload, target=device, database=fleet) is not None
+    assert main(["best", "matmul", "--shape", SHAPE, "--db", str(fleet)]) == 1
+    assert "records exist for 1 other device" in capsys.readouterr().out
+
+
+def test_similar_device_records_seed_the_search_but_are_measured_here(tuned, tmp_path):
+    result, source_db, _ = tuned
+    here = result.target
+    device = other_device(here)
+    db_path = tmp_path / "similar.db"
+    with Database(source_db) as src, Database(db_path) as db:
+        db.commit_workload(result.workload)
+        elsewhere = src.trials(result.workload.key, here.key)
+        copy_to_device(db, elsewhere, device)
+    seeded = autotune.tune(result.workload, target=here, trials=3, database=db_path, seed=9, similar=True)
+    fastest_elsewhere = sorted((r for r in elsewhere if r.latency), key=lambda r: r.latency)
+    # After the untuned default, the other device's best schedules are measured first, here.
+    measured = [r.candidate_key for r in seeded.trials]
+    assert measured[1:] == [r.candidate_key for r in fastest_elsewhere if r.candidate_key != measured[0]][:2]
+    assert all(r.target_key == here.key for r in seeded.trials)
+    assert seeded.best.target_key == here.key
+    # Without similar=True, nothing of the other device is used.
+    plain = autotune.tune(result.workload, target=here, trials=1, database=tmp_path / "plain.db", seed=9)
+    assert plain.trials[0].candidate_key == measured[0]
+
+
+def _write(path, lines):
+    path.write_text("".join((json.dumps(x) if not isinstance(x, str) else x) + "\n" for x in lines))
+    return path
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda lines: lines[:-1] + [lines[-1][: len(lines[-1]) // 2]], r"line 7: not valid JSON"),
+    (lambda lines: [json.dumps({**json.loads(lines[0]), "version": LOG_VERSION + 1})] + lines[1:],
+     r"line 1: log format \d+ comes from a newer autotune"),
+    (lambda lines: lines[:1] + [lines[1].replace('"flops": ', '"flops": 1')] + lines[2:], r"line 2: workload key"),
+    (lambda lines: lines[:1] + lines[3:], r"line 2: the trial's workload .* is neither in the log"),
+    (lambda lines: lines[:3] + [lines[3].replace('"ok"', '"fast"')] + lines[4:], r"line 4: unknown trial status"),
+    (lambda lines: lines[:3] + [lines[3].replace('"latencies": [', '"latencies": [-1, ')] + lines[4:],
+     r"line 4: latencies must be positive"),
+    (lambda lines: lines[1:], r"line 1: not an autotune log"),
+    (lambda lines: lines[:2] + ["[1, 2]"] + lines[3:], r"line 3: expected a JSON object"),
+])
+def test_a_damaged_log_is_refused_naming_its_line_and_changes_nothing(tuned, tmp_path, damage, message):
+    _, _, log = tuned
+    lines = log.read_text().splitlines()
+    assert [json.loads(x)["type"] for x in lines] == ["header", "workload", "target"] + ["trial"] * 4
+    if "workload key" in message:  # change the workload's script, keep its key: the key no longer matches
+        lines[1] = json.dumps({**json.loads(lines[1]), "script": json.loads(lines[1])["script"] + "\n# edited"})
+    else:
+        lines = damage(lines)
+    bad = _write(tmp_path / "bad.jsonl", lines)
+    db_path = tmp_path / "target.db"
+    with Database(db_path) as db:
+        with pytest.raises(LogError, match=message):
+            import_log(db, bad)
+    assert count(db_path) == 0
+    assert main(["cache", "import", str(bad), "--db", str(db_path)]) == 2
+
+
+def test_missing_empty_and_binary_logs_are_clear_errors(tmp_path):
+    with Database(tmp_path / "t.db") as db:
+        with pytest.raises(LogError, match="cannot read the log"):
+            import_log(db, tmp_path / "nope.jsonl")
+        with pytest.raises(LogError, match="is empty"):
+            import_log(db, _write(tmp_path / "empty.jsonl", []))
+        (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00garbage\n")
+        with pytest.raises(LogError, match="not UTF-8"):
+            import_log(db, tmp_path / "bin.jsonl")
+
+
+def test_cache_commands_list_count_and_prune(tuned, tmp_path, capsys):
+    result, _, log = tuned
+    db_path = str(tmp_path / "cli.db")
+    assert main(["cache", "import", str(log), str(log), "--db", db_path]) == 0
+    out = capsys.readouterr().out
+    assert "4 added" in out and "0 added, 4 already present" in out
+    assert main(["cache", "ls", "--db", db_path]) == 0
+    listing = capsys.readouterr().out
+    assert result.workload.key in listing and "(this device)" in listing
+    assert main(["cache", "stats", "--db", db_path]) == 0
+    assert "trials: 4 (4 ok)" in capsys.readouterr().out
+    assert main(["cache", "prune", "--keep", "2", "--db", db_path]) == 0
+    with Database(db_path) as db:
+        kept = db.trials()
+        assert len(kept) == 2
+        assert db.best(result.workload.key, result.target.key).uid == result.best.uid
+    exported = tmp_path / "out.jsonl"
+    assert main(["cache", "export", "--out", str(exported), "--workload", result.workload.name, "--db", db_path]) == 0
+    assert sum(1 for x in exported.read_text().splitlines() if '"type": "trial"' in x) == 2
+    assert main(["cache", "export", "--out", str(exported), "--workload", "nothing", "--db", db_path]) == 2
+    assert main(["cache", "prune", "--keep", "0", "--db", db_path]) == 2
