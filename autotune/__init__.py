@@ -5,6 +5,7 @@ Public API::
     result = autotune.tune([A, B, C], target="llvm", trials=64, database="cache/tuning.db")
     result.best_latency, result.mod
     mod = autotune.apply_best([A, B, C], target="llvm", database="cache/tuning.db")
+    ex = autotune.compile(relax_mod, target="llvm")          # a whole model, with its tuned kernels
     with autotune.Database() as db:
         autotune.export_log(db, "fleet.jsonl"); autotune.import_log(db, "fleet.jsonl")
 """
@@ -26,6 +27,8 @@ from .errors import (
 )
 from .logs import MergeSummary, export_log, import_log
 from .measure import MeasureOptions
+from .metaschedule import MetaScheduleSummary, export_metaschedule, import_metaschedule
+from .pipeline import ApplyReport, AutotuneDatabase, apply_database, compile, prepare, tunable_functions
 from .records import Status, TrialRecord
 from .search_space import Candidate, SearchSpace
 from .space_config import SpaceConfig, load_space_config
@@ -34,6 +37,8 @@ from .tuner import Progress, TuneResult, apply_best, tune
 from .workload import Workload, as_workload
 
 __all__ = [
+    "ApplyReport",
+    "AutotuneDatabase",
     "AutotuneError",
     "BudgetError",
     "Candidate",
@@ -43,6 +48,7 @@ __all__ = [
     "LogError",
     "MeasureOptions",
     "MergeSummary",
+    "MetaScheduleSummary",
     "Progress",
     "SearchSpace",
     "SearchSpaceError",
@@ -56,12 +62,18 @@ __all__ = [
     "Workload",
     "WorkloadError",
     "apply_best",
+    "apply_database",
     "as_workload",
+    "compile",
     "default_database_path",
     "export_log",
+    "export_metaschedule",
     "import_log",
+    "import_metaschedule",
     "load_space_config",
     "ops",
+    "prepare",
     "resolve_target",
+    "tunable_functions",
     "tune",
 ]

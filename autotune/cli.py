@@ -1,4 +1,4 @@
-"""The `autotune` command line: tune, best, demo, ops, cache (export/import/ls/stats/prune).
+"""The `autotune` command line: tune, best, demo, ops, cache (export/import/ls/stats/prune, MetaSchedule interop).
 
 Errors from bad input are one line on stderr and exit code 2; progress goes to a tqdm bar.
 """
@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -136,6 +137,27 @@ def cmd_cache_prune(args: argparse.Namespace) -> int:
     with Database(args.db) as db:
         deleted = db.prune(args.keep)
     print(f"deleted {deleted} trials; kept the {args.keep} fastest correct ones per workload and target")
+    return 0
+
+
+def cmd_cache_import_ms(args: argparse.Namespace) -> int:
+    from .metaschedule import RECORD_FILE, WORKLOAD_FILE, import_metaschedule
+
+    folder = Path(args.dir)
+    summary = import_metaschedule(folder / WORKLOAD_FILE, folder / RECORD_FILE, args.db, _target_spec(args.target))
+    print(f"{folder}: {summary.read} MetaSchedule records read, {summary.added} added, "
+          f"{summary.skipped} already present, {len(summary.rejected)} rejected")
+    for reason in summary.rejected[:10]:
+        print(f"  rejected: {reason}")
+    return 0
+
+
+def cmd_cache_export_ms(args: argparse.Namespace) -> int:
+    from .metaschedule import export_metaschedule
+
+    target = args.target_key or _target_spec(args.target)
+    n = export_metaschedule(args.db, args.dir, target, overwrite=args.overwrite)
+    print(f"wrote {n} records as a MetaSchedule JSON database in {args.dir}")
     return 0
 
 
@@ -283,6 +305,15 @@ def _cache_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     a = actions.add_parser("prune", parents=[common], help="keep the N fastest correct trials per workload and target")
     a.add_argument("--keep", type=int, required=True, metavar="N")
     a.set_defaults(run=cmd_cache_prune)
+    a = actions.add_parser("import-ms", parents=[common],
+                           help="merge a MetaSchedule JSON database (DIR/database_*.json) tuned on --target")
+    a.add_argument("dir", metavar="DIR")
+    a.set_defaults(run=cmd_cache_import_ms)
+    a = actions.add_parser("export-ms", parents=[common], help="write one target's records as a MetaSchedule JSON database")
+    a.add_argument("dir", metavar="DIR")
+    a.add_argument("--target-key", help="a stored target key (default: --target, this machine)")
+    a.add_argument("--overwrite", action="store_true", help="replace MetaSchedule files already in DIR")
+    a.set_defaults(run=cmd_cache_export_ms)
 
 
 if __name__ == "__main__":

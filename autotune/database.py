@@ -440,3 +440,13 @@ def _trial_from_row(row: dict[str, Any]) -> TrialRecord:
     for column in _TRIAL_JSON_COLUMNS:
         data[column] = json.loads(row[column]) if row[column] is not None else None
     return TrialRecord.from_json(data)
+
+
+@contextmanager
+def open_database(database: str | os.PathLike[str] | Database | None) -> Iterator[Database]:
+    """Use a Database the caller passed as is; open (and close) one from a path, or the default path, otherwise."""
+    if isinstance(database, Database):
+        yield database
+        return
+    with Database(database) as db:
+        yield db

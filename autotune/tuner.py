@@ -16,7 +16,7 @@ import tvm
 from tvm import s_tir
 
 from .cost_model import warm_start
-from .database import Database
+from .database import Database, open_database
 from .errors import AutotuneError, BudgetError, last_line
 from .features import FEATURE_VERSION, FeatureExtractor
 from .measure import MeasureOptions, Measurer
@@ -102,7 +102,7 @@ def tune(
     hw = resolve_target(target)
     search_space = SearchSpace(work, space if isinstance(space, SpaceConfig) else load_space_config(space))
     start = time.perf_counter()
-    with _open(database) as db:
+    with open_database(database) as db:
         db.commit_workload(work)
         db.commit_target(hw.key, hw.target_json(), hw.fingerprint)
         similar_key = closest_similar_target(db, hw, work.key) if similar else None
@@ -137,37 +137,72 @@ def apply_best(
     *,
     space: str | os.PathLike[str] | SpaceConfig = "cpu",
 ) -> tvm.IRModule | None:
-    """The workload with its best cached schedule applied, or None when it was never tuned on this target."""
+    """The workload with its best cached schedule applied, or None when it was never tuned on this target.
+
+    Records apply only where the target key matches exactly (same canonical target and device
+    fingerprint): records of other devices are never used here (`tune(..., similar=True)` may
+    start from them). A module of several functions (a Relax model) is handled by
+    `pipeline.apply_database`: every kernel with a record is scheduled, the rest are left as
+    they were (logged), and the module is returned.
+    """
+    if _is_model(workload):
+        from .pipeline import apply_database, prepare
+
+        mod, report = apply_database(prepare(workload), target, database, space=space)
+        logger.info("schedules applied to %s; left untuned: %s", list(report.applied), list(report.untuned))
+        return mod
     work = as_workload(workload)
     hw = resolve_target(target)
-    with _open(database) as db:
+    with open_database(database) as db:
         best = db.best(work.key, hw.key)
     if best is None:
         return None
     return apply_record(work, best, space if isinstance(space, SpaceConfig) else load_space_config(space))
 
 
+def _is_model(obj: Any) -> bool:
+    """An IRModule of more than one function (Relax functions and/or several PrimFuncs)."""
+    return isinstance(obj, tvm.IRModule) and len(obj.functions) > 1 or (
+        isinstance(obj, tvm.IRModule) and any(not isinstance(f, tvm.tirx.PrimFunc) for f in obj.functions.values())
+    )
+
+
 def apply_record(workload: Workload, record: TrialRecord, config: SpaceConfig) -> tvm.IRModule:
-    """Replay a record on the workload: its decisions when it has them, else its TVM trace.
+    """The workload with a record's schedule applied (see `replay_schedule`)."""
+    return replay_schedule(workload, record, config).mod
 
-    Records imported from other tools (MetaSchedule) carry only a trace (`decisions == {}`);
-    ours carry both, and the decisions are the stable format, so they win.
+
+def replay_schedule(
+    workload: Workload, record: TrialRecord, config: SpaceConfig, space: SearchSpace | None = None
+) -> s_tir.Schedule:
+    """Replay a record on the workload, as a traced Schedule: its TVM trace when it has one, else its decisions.
+
+    The trace is what the measured schedule recorded and replays in ~2 ms (the decisions need
+    the space's analysis first, ~6 ms), which keeps lookups in compilation pipelines fast. Our
+    decisions are the stable format: they take over when a trace does not replay (a record
+    made by another TVM version). Records imported from MetaSchedule carry only a trace.
+    Pass `space` to reuse one SearchSpace over many records of the same workload.
     """
+    if record.trace is not None:
+        try:
+            return replay_trace(workload, record.trace)
+        except AutotuneError:
+            if not record.decisions:
+                raise
+            logger.info("trace of record %s does not replay; applying its decisions", record.id)
     if record.decisions:
-        return apply_candidate(SearchSpace(workload, config), Candidate(record.decisions)).mod
-    if record.trace is None:
-        raise AutotuneError(f"record {record.id} of {workload.name} has neither decisions nor a trace to replay")
-    return replay_trace(workload, record.trace)
+        return apply_candidate(space or SearchSpace(workload, config), Candidate(record.decisions))
+    raise AutotuneError(f"record {record.id} of {workload.name} has neither decisions nor a trace to replay")
 
 
-def replay_trace(workload: Workload, trace: Any) -> tvm.IRModule:
+def replay_trace(workload: Workload, trace: Any) -> s_tir.Schedule:
     """Apply a TVM schedule trace (its JSON form) to the workload; a trace that does not fit is an AutotuneError."""
-    sch = s_tir.Schedule(workload.mod, error_render_level="none")
+    sch = s_tir.Schedule(workload.mod, error_render_level="fast")  # "none" would say only "(not rendered)"
     try:
         s_tir.schedule.Trace.apply_json_to_schedule(trace, sch)
     except Exception as err:  # TVM raises its own error types for a trace of another program
         raise AutotuneError(f"the stored trace does not apply to {workload.name}: {last_line(err)}") from err
-    return sch.mod
+    return sch
 
 
 def check_budget(trials: int, batch_size: int = 1) -> None:
@@ -235,21 +270,3 @@ def _progress(db: Database, work: Workload, hw: HardwareTarget, record: TrialRec
 
 def _with_id(record: TrialRecord, row_id: int) -> TrialRecord:
     return replace(record, id=row_id)
-
-
-class _open:
-    """Use a Database the caller passed as is; open (and close) one from a path otherwise."""
-
-    def __init__(self, database: str | os.PathLike[str] | Database | None):
-        self._given = database if isinstance(database, Database) else None
-        self._path = None if self._given else database
-        self._db: Database | None = None
-
-    def __enter__(self) -> Database:
-        self._db = self._given or Database(self._path)
-        return self._db
-
-    def __exit__(self, *exc: object) -> None:
-        if self._given is None and self._db is not None:
-            self._db.close()
-

@@ -18,6 +18,7 @@ from tvm import s_tir, te
 
 from .errors import WorkloadError, last_line
 
+_ATTRS_OUTSIDE_THE_KEY = ("op_pattern",)
 SUPPORTED_DTYPES = ("float32", "float64", "float16", "int8", "uint8", "int32", "int64")
 
 
@@ -77,8 +78,7 @@ def as_workload(obj: Any, name: str | None = None) -> Workload:
     """
     if isinstance(obj, Workload):
         return obj
-    func = _to_prim_func(obj)
-    func = func.with_attr("global_symbol", "main")
+    func = _canonical(_to_prim_func(obj))
     _check_static(func)
     mod = tvm.IRModule({"main": func})
     script = func.script()
@@ -112,6 +112,21 @@ def _to_prim_func(obj: Any) -> tvm.tirx.PrimFunc:
         f"cannot tune a {type(obj).__name__}: pass a tvm PrimFunc, an IRModule with one PrimFunc, "
         "or a list of TE tensors (inputs then outputs)"
     )
+
+
+def _canonical(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """The function as the key sees it: named "main", no-alias, without attrs that do not change the code.
+
+    Same normalization as MetaSchedule's (`global_symbol` "main", `tirx.noalias` added), so one
+    function has one key whichever road it comes by; `op_pattern` is dropped because Relax's
+    AnnotateTIROpPattern adds it again each time a module is prepared.
+    """
+    for attr in _ATTRS_OUTSIDE_THE_KEY:
+        if func.attrs and attr in func.attrs:
+            func = func.without_attr(attr)
+    if not (func.attrs and "tirx.noalias" in func.attrs):
+        func = func.with_attr("tirx.noalias", True)
+    return func.with_attr("global_symbol", "main")
 
 
 def _check_static(func: tvm.tirx.PrimFunc) -> None:

@@ -16,7 +16,7 @@ from autotune.cli import main
 from autotune.database import Database
 from autotune.errors import LogError
 from autotune.logs import LOG_VERSION, export_log, import_log
-from autotune.target import HardwareTarget, make_key, resolve_target
+from autotune.target import HardwareTarget, make_key
 
 SHAPE = "32,32,32"
 

@@ -99,3 +99,28 @@ def test_a_record_with_only_a_trace_replays_to_the_same_schedule(db_path):
     tvm.ir.assert_structural_equal(apply_record(workload, trace_only, config), result.mod)
     with pytest.raises(autotune.AutotuneError, match="does not apply"):
         apply_record(ops.make("matmul", "16,16,16"), trace_only, config)
+    # A trace that no longer replays (another TVM version) falls back to the decisions.
+    stale = dataclasses.replace(result.best, trace=[[["NoSuchInstruction", [], [], []]], []])
+    tvm.ir.assert_structural_equal(apply_record(workload, stale, config), result.mod)
+
+
+@pytest.mark.parametrize("op, shape, options", [
+    ("conv2d_nchw", "1,8,10,10,8,3,3", {"bias": "true", "relu": "true"}),
+    ("softmax", "8,40", {}),
+    ("layernorm", "4,48", {}),
+    ("pool2d", "1,4,9,9,3,3", {}),
+    ("batch_matmul", "2,16,8,12", {}),
+])
+def test_trace_replay_gives_the_schedule_the_decisions_give(op, shape, options):
+    """apply_record replays traces (fast); they must rebuild exactly what was measured."""
+    import random
+
+    from autotune.search_space import apply_candidate, trace_json
+    from autotune.tuner import replay_trace
+
+    workload = ops.make(op, shape, **options)
+    space = SearchSpace(workload)
+    rng = random.Random(0)
+    for candidate in [space.default_candidate()] + [space.sample(rng) for _ in range(4)]:
+        sch = apply_candidate(space, candidate)
+        tvm.ir.assert_structural_equal(replay_trace(workload, trace_json(sch)).mod, sch.mod)
