@@ -102,10 +102,10 @@ def main() -> None:
 
     print(f"\nautotune {autotune.__version__}, {platform.processor() or platform.machine()}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; median (max) of {args.repeat} calls, ms")
-    print(f"{'workload':<36}{'best() query':>16}{'apply_best (open db)':>24}{'apply_best (path)':>22}")
+    print(f"{'workload':<42}{'best() query':>16}{'apply_best (open db)':>24}{'apply_best (path)':>22}")
     for name, query, open_db, by_path in rows:
         cells = [f"{m:.3f} ({x:.2f})" for m, x in (query, open_db, by_path)]
-        print(f"{name:<36}{cells[0]:>16}{cells[1]:>24}{cells[2]:>22}")
+        print(f"{name:<42}{cells[0]:>16}{cells[1]:>24}{cells[2]:>22}")
 
 
 if __name__ == "__main__":

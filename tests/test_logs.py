@@ -16,7 +16,7 @@ from autotune.cli import main
 from autotune.database import Database
 from autotune.errors import LogError
 from autotune.logs import LOG_VERSION, export_log, import_log
-from autotune.target import HardwareTarget, make_key
+from autotune.target import HardwareTarget, make_key, resolve_target
 
 SHAPE = "32,32,32"
 
@@ -189,3 +189,19 @@ def test_cache_commands_list_count_and_prune(tuned, tmp_path, capsys):
     assert sum(1 for x in exported.read_text().splitlines() if '"type": "trial"' in x) == 2
     assert main(["cache", "export", "--out", str(exported), "--workload", "nothing", "--db", db_path]) == 2
     assert main(["cache", "prune", "--keep", "0", "--db", db_path]) == 2
+
+
+def test_the_shipped_demo_log_imports_and_applies_on_its_own_hardware_only(tmp_path):
+    """cache/ ships a log of the demo workload tuned on the CI machine type (README: "Reuse a shipped log")."""
+    from pathlib import Path
+
+    shipped = sorted((Path(__file__).parents[1] / "cache").glob("demo-*.jsonl"))
+    assert shipped, "cache/ should ship the demo's tuning log"
+    demo = ops.make("matmul", "256,256,256")
+    with Database(tmp_path / "fleet.db") as db:
+        summary = import_log(db, shipped[0])
+        assert summary.added == summary.trials >= 32
+        target_keys = {row["target_key"] for row in db.summary() if row["workload_key"] == demo.key}
+    assert len(target_keys) == 1, "the log's workload key must be the one autotune computes for the demo"
+    mod = autotune.apply_best(demo, database=tmp_path / "fleet.db")
+    assert (mod is not None) == (resolve_target("llvm").key in target_keys)
