@@ -21,7 +21,7 @@ from .records import TrialRecord
 from .search_space import SearchSpace
 from .space_config import load_space_config
 from .target import resolve_target
-from .tuner import Progress, TuneResult, check_budget, gflops, tune
+from .tuner import Progress, TuneResult, check_budget, gflops, not_tuned_here, tune
 from .workload import Workload
 
 DEMO_OP, DEMO_SHAPE, DEMO_TRIALS = "matmul", "256,256,256", 48
@@ -59,10 +59,9 @@ def cmd_best(args: argparse.Namespace) -> int:
     target = resolve_target(_target_spec(args.target))
     with Database(args.db) as db:
         best = db.best(workload.key, target.key)
-        others = [k for k in db.target_keys_with_records(workload.key) if k != target.key]
+        why = not_tuned_here(db, workload, target) if best is None else ""
     if best is None:
-        where = f"; records exist for {len(others)} other device(s)/target(s)" if others else ""
-        print(f"{workload.name}: not tuned on this target ({target.key}){where}")
+        print(why)
         return 1
     print(_describe_best(workload, best))
     if args.show:
@@ -97,9 +96,10 @@ def cmd_cache_export(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_import(args: argparse.Namespace) -> int:
+    expected = resolve_target(_target_spec(args.target)) if args.exact else None
     with Database(args.db) as db:
         for path in args.files:
-            s = logs.import_log(db, path)
+            s = logs.import_log(db, path, expect_target=expected)
             print(f"{path}: {s.trials} trials read, {s.added} added, {s.skipped} already present "
                   f"({s.workloads} workloads, {s.targets} targets)")
     return 0
@@ -297,6 +297,8 @@ def _cache_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     a.set_defaults(run=cmd_cache_export)
     a = actions.add_parser("import", parents=[common], help="merge logs into the database (idempotent)")
     a.add_argument("files", nargs="+", metavar="FILE")
+    a.add_argument("--exact", action="store_true",
+                   help="refuse (importing nothing) a log holding records of any device but --target (this machine)")
     a.set_defaults(run=cmd_cache_import)
     a = actions.add_parser("ls", parents=[common], help="workloads and targets with record counts and best latency")
     a.set_defaults(run=cmd_cache_ls)

@@ -35,7 +35,7 @@ from typing import Any, Iterator
 from .database import Database
 from .errors import LogError
 from .records import Status, TrialRecord
-from .target import make_key
+from .target import HardwareTarget, fingerprint_differences, make_key
 
 LOG_FORMAT = "autotune-log"
 LOG_VERSION = 1
@@ -81,12 +81,16 @@ def export_log(
     return len(trials)
 
 
-def import_log(database: Database, path: str | os.PathLike[str]) -> MergeSummary:
+def import_log(
+    database: Database, path: str | os.PathLike[str], *, expect_target: HardwareTarget | None = None
+) -> MergeSummary:
     """Merge a log into the database; importing the same log again adds nothing.
 
     Raises LogError (naming the line) for a malformed line, a log from a newer format, a key
     that does not match its content, or a trial whose workload or target is in neither the log
-    nor the database. Nothing is written unless every line is valid.
+    nor the database. With `expect_target` (exact reuse: "this log must be for this device"),
+    a trial of any other target is an error that says how the fingerprints differ. Nothing is
+    written unless every line is valid.
     """
     path = Path(path)
     workloads: dict[str, dict[str, Any]] = {}
@@ -114,6 +118,8 @@ def import_log(database: Database, path: str | os.PathLike[str]) -> MergeSummary
         raise LogError(f"{path} is empty: not an autotune log")
     for line, trial in trials:
         _check_known(database, trial, workloads, targets, f"{path} line {line}")
+        if expect_target is not None and trial.target_key != expect_target.key:
+            _refuse_other_device(database, trial, targets, expect_target, f"{path} line {line}")
     added = database.merge_trials([t for _, t in trials], workloads.values(), targets.values())
     return MergeSummary(str(path), n_lines, len(trials), added, len(workloads), len(targets))
 
@@ -245,6 +251,16 @@ def _check_known(database: Database, trial: TrialRecord, workloads: dict[str, An
         raise LogError(f"{where}: the trial's workload {trial.workload_key} is neither in the log nor in the database")
     if trial.target_key not in targets and database.target_row(trial.target_key) is None:
         raise LogError(f"{where}: the trial's target {trial.target_key} is neither in the log nor in the database")
+
+
+def _refuse_other_device(database: Database, trial: TrialRecord, targets: dict[str, Any], expected: HardwareTarget,
+                         where: str) -> None:
+    row = targets.get(trial.target_key) or database.target_row(trial.target_key) or {}
+    differences = fingerprint_differences(expected.fingerprint, row.get("fingerprint") or {})
+    if row.get("target") != expected.target_json():
+        differences.insert(0, "the TVM target differs")
+    raise LogError(f"{where}: the trial was measured on another device (target {trial.target_key}, this one is "
+                   f"{expected.key}): " + "; ".join(differences or ["its fingerprint differs"]))
 
 
 def _field(data: dict[str, Any], key: str, kind: type, where: str) -> Any:

@@ -175,6 +175,23 @@ def fingerprint_similarity(a: dict[str, Any], b: dict[str, Any]) -> float:
     return 0.4 * isa + 0.2 * identity + 0.2 * cores + 0.2 * cache
 
 
+def fingerprint_differences(here: dict[str, Any], there: dict[str, Any]) -> list[str]:
+    """What differs between two device fingerprints, in words, for errors that refuse a record."""
+    out = []
+    for key in sorted(set(here) | set(there)):
+        a, b = here.get(key), there.get(key)
+        if a == b:
+            continue
+        if key == "isa":
+            missing, extra = sorted(set(b or ()) - set(a or ())), sorted(set(a or ()) - set(b or ()))
+            parts = ([f"it needs {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''} which this CPU lacks"]
+                     if missing else []) + ([f"this CPU also has {', '.join(extra[:6])}"] if extra else [])
+            out.append("ISA: " + "; ".join(parts))
+        else:
+            out.append(f"{key}: {a!r} here, {b!r} there")
+    return out
+
+
 def available_cores() -> int:
     """Physical cores this process may run on: the affinity mask, capped by the physical core count."""
     try:

@@ -17,14 +17,14 @@ from tvm import s_tir
 
 from .cost_model import warm_start
 from .database import Database, open_database
-from .errors import AutotuneError, BudgetError, last_line
+from .errors import AutotuneError, BudgetError, TargetError, last_line
 from .features import FEATURE_VERSION, FeatureExtractor
 from .measure import MeasureOptions, Measurer
 from .records import TrialRecord
 from .search import ModelGuidedSearch, RandomSearch, SearchStrategy
 from .search_space import Candidate, SearchSpace, apply_candidate
 from .space_config import SpaceConfig, load_space_config
-from .target import HardwareTarget, fingerprint_similarity, resolve_target
+from .target import HardwareTarget, fingerprint_differences, fingerprint_similarity, resolve_target
 from .workload import Workload, as_workload
 
 logger = logging.getLogger(__name__)
@@ -136,8 +136,12 @@ def apply_best(
     database: str | os.PathLike[str] | Database | None = None,
     *,
     space: str | os.PathLike[str] | SpaceConfig = "cpu",
+    strict: bool = False,
 ) -> tvm.IRModule | None:
     """The workload with its best cached schedule applied, or None when it was never tuned on this target.
+
+    With `strict=True` a missing record is a TargetError instead of None, saying which other
+    devices hold records and how their fingerprints differ from this one.
 
     Records apply only where the target key matches exactly (same canonical target and device
     fingerprint): records of other devices are never used here (`tune(..., similar=True)` may
@@ -155,9 +159,28 @@ def apply_best(
     hw = resolve_target(target)
     with open_database(database) as db:
         best = db.best(work.key, hw.key)
+        if best is None and strict:
+            raise TargetError(not_tuned_here(db, work, hw))
     if best is None:
         return None
     return apply_record(work, best, space if isinstance(space, SpaceConfig) else load_space_config(space))
+
+
+def not_tuned_here(db: Database, work: Workload, hw: HardwareTarget) -> str:
+    """Why a workload has no record on this target, naming how the devices that have one differ."""
+    others = [k for k in db.target_keys_with_records(work.key) if k != hw.key]
+    message = f"{work.name} has no record for this device (target key {hw.key})"
+    if not others:
+        return message + "; it was never tuned in this database"
+    closest = closest_target(db, hw, others)
+    row = db.target_row(closest) if closest else None
+    if row is None:
+        return message + f"; records exist for {len(others)} other device(s)"
+    differences = fingerprint_differences(hw.fingerprint, row["fingerprint"])
+    if row["target"] != hw.target_json():
+        differences.insert(0, "the TVM target differs")
+    return (message + f"; records exist for {len(others)} other device(s), the closest ({closest}) differs in: "
+            + "; ".join(differences or ["nothing in its fingerprint"]))
 
 
 def _is_model(obj: Any) -> bool:
@@ -219,16 +242,22 @@ def gflops(workload: Workload, latency: float | None) -> float | None:
 
 def closest_similar_target(db: Database, hw: HardwareTarget, workload_key: str) -> str | None:
     """The key of the most similar other device of the same target kind with correct records of this workload."""
+    key = closest_target(db, hw, [k for k in db.target_keys_with_records(workload_key) if k != hw.key])
+    if key is not None:
+        logger.info("similar=True: starting from the records of target %s", key)
+    return key
+
+
+def closest_target(db: Database, hw: HardwareTarget, keys: list[str]) -> str | None:
+    """Among stored targets `keys`, the one of the same kind whose fingerprint is most like this device's."""
     best: tuple[float, str] | None = None
-    for key in db.target_keys_with_records(workload_key):
+    for key in keys:
         row = db.target_row(key)
-        if key == hw.key or row is None or row["target"].get("kind") != hw.kind:
+        if row is None or row["target"].get("kind") != hw.kind:
             continue
         score = fingerprint_similarity(hw.fingerprint, row["fingerprint"])
         if score > 0 and (best is None or score > best[0]):
             best = (score, key)
-    if best is not None:
-        logger.info("similar=True: starting from the records of target %s (similarity %.2f)", best[1], best[0])
     return best[1] if best else None
 
 

@@ -205,3 +205,27 @@ def test_the_shipped_demo_log_imports_and_applies_on_its_own_hardware_only(tmp_p
     assert len(target_keys) == 1, "the log's workload key must be the one autotune computes for the demo"
     mod = autotune.apply_best(demo, database=tmp_path / "fleet.db")
     assert (mod is not None) == (resolve_target("llvm").key in target_keys)
+
+
+def test_exact_reuse_refuses_a_log_of_another_device_and_says_what_differs(tuned, tmp_path, capsys):
+    result, source_db, _ = tuned
+    here = result.target
+    device = other_device(here)
+    db_path, log = tmp_path / "other.db", tmp_path / "other.jsonl"
+    with Database(source_db) as src, Database(db_path) as db:
+        db.commit_workload(result.workload)
+        copy_to_device(db, src.trials(result.workload.key, here.key), device)
+        export_log(db, log, target_key=device.key)
+    fleet = tmp_path / "fleet.db"
+    with Database(fleet) as db:
+        with pytest.raises(LogError, match=r"line 4: the trial was measured on another device .*ISA: it needs "
+                                           r"abm.* which this CPU lacks; model_name: '.*' here, 'Another CPU' there"):
+            import_log(db, log, expect_target=here.__class__(here.target, {**here.fingerprint, "isa": []}, "x" * 20))
+    assert main(["cache", "import", "--exact", str(log), "--db", str(fleet)]) == 2
+    assert "measured on another device" in capsys.readouterr().err
+    assert count(fleet) == 0
+    assert main(["cache", "import", str(log), "--db", str(fleet)]) == 0  # without --exact it merges
+    with pytest.raises(autotune.TargetError, match=r"no record for this device .* differs in: .*model_name"):
+        autotune.apply_best(result.workload, target=here, database=fleet, strict=True)
+    assert main(["best", "matmul", "--shape", SHAPE, "--db", str(fleet)]) == 1
+    assert "'Another CPU' there" in capsys.readouterr().out
