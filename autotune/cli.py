@@ -16,7 +16,7 @@ import numpy as np
 
 from . import logs, ops
 from .database import Database, default_database_path
-from .errors import AutotuneError, ShapeError
+from .errors import AutotuneError, BudgetError, ShapeError
 from .records import TrialRecord
 from .search_space import SearchSpace
 from .space_config import load_space_config
@@ -161,6 +161,42 @@ def cmd_cache_export_ms(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune_model(args: argparse.Namespace) -> int:
+    from .session import tune_model
+
+    if args.trials is None and args.time is None:
+        raise BudgetError("give a budget: --trials N and/or --time 2h")
+    return _run_session(args, lambda on_progress: tune_model(
+        args.model, target=_target_spec(args.target), trials=args.trials, time_budget=args.time, database=args.db,
+        scheduler=args.scheduler, batch_size=args.batch_size, seed=args.seed, name=args.name, progress=on_progress))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .session import tune_model
+
+    return _run_session(args, lambda on_progress: tune_model(
+        session=args.session, target=_target_spec(args.target), trials=args.trials, time_budget=args.time,
+        database=args.db, progress=on_progress))
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    from .session import session_progress
+
+    with Database(args.db) as db:
+        rows = db.sessions()
+        if not rows:
+            print(f"{args.db or default_database_path()}: no sessions")
+            return 0
+        print(f"{'id':>4}  {'name':<20}{'status':<13}{'tasks':>6}{'trials':>14}{'time':>16}{'est. latency':>15}")
+        for row in rows:
+            p = session_progress(db, row["id"])
+            budget = f"{p.trials_done}/{p.trials_budget}" if p.trials_budget else str(p.trials_done)
+            spent = _duration(p.elapsed) + (f"/{_duration(p.time_budget)}" if p.time_budget else "")
+            est = f"{p.estimated_latency * 1e3:.3f} ms" if p.estimated_latency else "-"
+            print(f"{row['id']:>4}  {row['name'][:19]:<20}{p.status:<13}{len(p.tasks):>6}{budget:>14}{spent:>16}{est:>15}")
+    return 0
+
+
 def cmd_ops(args: argparse.Namespace) -> int:
     for spec in ops.OPERATORS.values():
         options = ", ".join(f"{k} ({v})" for k, v in spec.options.items()) or "-"
@@ -188,6 +224,52 @@ def _tune_with_bar(
                 bar.set_postfix_str(f"best {p.best_latency * 1e3:.3f} ms, {p.best_gflops or 0:.1f} GFLOPS")
 
         return tune(workload, hw, trials, db, seed=seed, progress=on_progress, similar=similar)
+
+
+def _run_session(args: argparse.Namespace, start: Any) -> int:
+    """Run (or resume) a session with a live per-task table; Ctrl-C stops it with a summary."""
+    from .session import SessionProgress
+
+    last: list[SessionProgress] = []
+
+    def on_progress(p: SessionProgress) -> None:
+        last[:] = [p]
+        print(_session_table(p), flush=True)
+
+    try:
+        final = start(on_progress)
+    except KeyboardInterrupt:
+        if last:
+            print(_session_table(last[0]))
+            print(f"stopped; resume with: autotune resume {last[0].session_id}", file=sys.stderr)
+        raise
+    print(_session_table(final))
+    print(f"session {final.session_id} {final.status}; database: {args.db or default_database_path()}")
+    return 0
+
+
+def _session_table(p: Any) -> str:
+    """The per-task table: trials, best latency, GFLOPS and share of the estimated model latency."""
+    total = p.estimated_latency
+    budget = f"/{p.trials_budget}" if p.trials_budget else ""
+    time_budget = f"/{_duration(p.time_budget)}" if p.time_budget else ""
+    lines = [f"session {p.session_id} [{p.status}]: {p.trials_done}{budget} trials, {_duration(p.elapsed)}{time_budget}"
+             + (f", estimated model latency {total * 1e3:.3f} ms" if total else "")
+             + (f" (last: {p.last_task})" if p.last_task else ""),
+             f"  {'task':<34}{'weight':>7}{'trials':>8}{'best (ms)':>12}{'GFLOPS':>9}{'share':>8}"]
+    for t in p.tasks:
+        best = f"{t.best_latency * 1e3:.4f}" if t.best_latency else "-"
+        rate = f"{t.gflops:.1f}" if t.gflops else "-"
+        share = f"{t.contribution / total:.0%}" if total and t.contribution is not None else "-"
+        lines.append(f"  {t.name[:33]:<34}{t.weight:>7}{t.trials:>8}{best:>12}{rate:>9}{share:>8}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def _print_result(result: TuneResult, db: str | None) -> None:
@@ -282,8 +364,27 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_demo)
     p = sub.add_parser("ops", help="list the built-in operators")
     p.set_defaults(run=cmd_ops)
+    p = sub.add_parser("tune-model", parents=[common], help="tune a whole model (.onnx or .pt2 file) as a session")
+    p.add_argument("model", help="an .onnx file or a torch.export .pt2 file")
+    _session_budget(p)
+    p.add_argument("--scheduler", default="gradient", help="task scheduler: gradient (default) or round-robin")
+    p.add_argument("--batch-size", type=int, default=16, help="trials per batch given to one task")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--name", help="session name (default: the model file's name)")
+    p.set_defaults(run=cmd_tune_model)
+    p = sub.add_parser("resume", parents=[common], help="continue a stopped or killed session")
+    p.add_argument("session", type=int, metavar="SESSION")
+    _session_budget(p)
+    p.set_defaults(run=cmd_resume)
+    p = sub.add_parser("sessions", parents=[common], help="list model-tuning sessions")
+    p.set_defaults(run=cmd_sessions)
     _cache_parser(sub, common)
     return parser
+
+
+def _session_budget(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trials", type=int, help="total trials for the session")
+    p.add_argument("--time", help="total wall time for the session, e.g. 90m, 2h, 1h30m")
 
 
 def _cache_parser(sub: Any, common: argparse.ArgumentParser) -> None:

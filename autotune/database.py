@@ -35,6 +35,7 @@ DEFAULT_DB_ENV = "AUTOTUNE_DB"
 BUSY_TIMEOUT_MS = 30_000
 
 _TRIAL_JSON_COLUMNS = ("decisions", "trace", "latencies", "versions")
+_SESSION_JSON_COLUMNS = ("tasks", "options")
 # Both tuned lookups filter on (workload_key, target_key) first; see _m001_initial's indexes.
 _OK_BY_LATENCY = "workload_key = ? AND target_key = ? AND status = 'ok' AND latency_median IS NOT NULL"
 
@@ -218,6 +219,43 @@ class Database:
         )
         return [row["target_key"] for row in rows]
 
+    # -- model-tuning sessions -------------------------------------------------------------
+
+    def create_session(self, row: dict[str, Any]) -> int:
+        """Store a new session (see session.py for its fields); returns its id."""
+        now = time.time()
+        data = {**_encoded(row, _SESSION_JSON_COLUMNS), "created_at": now, "updated_at": now}
+        with self._db.conn:
+            table = self._db.table("sessions")
+            table.insert(data)
+            return int(table.last_rowid or 0)
+
+    def update_session(self, session_id: int, **changes: Any) -> None:
+        """Change a session's status/elapsed/... and commit at once."""
+        data = {**_encoded(changes, _SESSION_JSON_COLUMNS), "updated_at": time.time()}
+        with self._db.conn:
+            self._db.table("sessions").update(session_id, data)
+
+    def session(self, session_id: int) -> dict[str, Any] | None:
+        """A session as a dict (JSON columns decoded), or None."""
+        rows = list(self._db.table("sessions").rows_where("id = ?", [session_id], limit=1))
+        return _decoded(rows[0], _SESSION_JSON_COLUMNS) if rows else None
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """Every session, newest first, without its stored model text."""
+        rows = self._db.query(
+            "SELECT id, name, status, target_key, tasks, options, trials_budget, time_budget, elapsed, created_at, "
+            "updated_at FROM sessions ORDER BY id DESC"
+        )
+        return [_decoded(r, _SESSION_JSON_COLUMNS) for r in rows]
+
+    def session_trial_counts(self, session_id: int) -> dict[str, int]:
+        """How many trials this session committed, per workload key (what the budget has spent)."""
+        rows = self._db.query(
+            "SELECT workload_key, count(*) AS n FROM trials WHERE session_id = ? GROUP BY workload_key", [session_id]
+        )
+        return {r["workload_key"]: int(r["n"]) for r in rows}
+
     # -- cost models ----------------------------------------------------------------------
 
     def save_model(self, target_key: str, feature_version: int, n_records: int, model: bytes) -> None:
@@ -256,7 +294,7 @@ class Database:
         rows = list(self._db.table(table).rows_where("key = ?", [key], limit=1))
         if not rows:
             return None
-        return {k: json.loads(v) if k in json_columns and v is not None else v for k, v in rows[0].items()}
+        return _decoded(rows[0], json_columns)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +339,22 @@ def _m003_trial_identity(db: sqlite_utils.Database) -> None:
     db.execute("CREATE UNIQUE INDEX idx_trials_uid ON trials (uid)")
 
 
-_MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_m001_initial, _m002_models, _m003_trial_identity)
+def _m004_sessions(db: sqlite_utils.Database) -> None:
+    """Model-tuning sessions (tasks, budget, progress, status), and which session measured each trial."""
+    db.execute(
+        """CREATE TABLE sessions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, status TEXT NOT NULL,
+            target_key TEXT NOT NULL, model TEXT NOT NULL, tasks TEXT NOT NULL, options TEXT NOT NULL,
+            trials_budget INTEGER, time_budget REAL, elapsed REAL NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL, updated_at REAL NOT NULL)"""
+    )
+    db.execute("ALTER TABLE trials ADD COLUMN session_id INTEGER")
+    db.execute("CREATE INDEX idx_trials_session ON trials (session_id, workload_key)")
+
+
+_MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
+    _m001_initial, _m002_models, _m003_trial_identity, _m004_sessions,
+)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -418,6 +471,10 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
+def _decoded(row: dict[str, Any], json_columns: tuple[str, ...]) -> dict[str, Any]:
+    return {k: json.loads(v) if k in json_columns and v is not None else v for k, v in row.items()}
+
+
 def _encoded(row: dict[str, Any], json_columns: tuple[str, ...]) -> dict[str, Any]:
     """A row as workload_row/target_row return it, with its JSON columns encoded again for storage."""
     return {k: _dumps(v) if k in json_columns else v for k, v in row.items()}
@@ -431,7 +488,7 @@ def _trial_row(record: TrialRecord) -> dict[str, Any]:
         latency_median=record.latency, latency_std=record.latency_std,
         latencies=_dumps([float(x) for x in record.latencies]), error=record.error, build_secs=float(record.build_secs),
         versions=_dumps(dict(record.versions)), created_at=float(record.created_at),
-        uid=record.uid, origin=record.origin,
+        uid=record.uid, origin=record.origin, session_id=record.session_id,
     )
 
 

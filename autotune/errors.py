@@ -41,3 +41,7 @@ class BudgetError(AutotuneError):
 
 class LogError(AutotuneError):
     """A tuning log that cannot be imported: malformed or truncated line, newer format, keys that lie."""
+
+
+class ModelError(AutotuneError):
+    """A model that cannot be loaded or has nothing to tune; a session that cannot be resumed."""

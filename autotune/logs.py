@@ -157,7 +157,7 @@ def _log_lines(database: Database, trials: list[TrialRecord]) -> Iterator[dict[s
             yield {"type": "target", **{k: row[k] for k in ("key", "kind", "target", "fingerprint")}}
     for trial in trials:
         data = trial.to_json()
-        del data["id"]  # a row id of the source database means nothing elsewhere
+        del data["id"], data["session_id"]  # row ids of the source database mean nothing elsewhere
         yield {"type": "trial", **data}
 
 
@@ -241,7 +241,7 @@ def _trial(data: dict[str, Any], where: str) -> TrialRecord:
     versions = data.get("versions") or {}
     if not isinstance(versions, dict) or not all(isinstance(v, str) for v in versions.values()):
         raise LogError(f"{where}: field 'versions' must map names to version strings")
-    clean = {**data, "error": str(data.get("error") or "")[:_MAX_ERROR_TEXT], "id": None}
+    clean = {**data, "error": str(data.get("error") or "")[:_MAX_ERROR_TEXT], "id": None, "session_id": None}
     return TrialRecord.from_json(clean)
 
 

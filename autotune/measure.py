@@ -116,19 +116,56 @@ class WorkerProcess:
         return proc.wait()
 
 
-class Measurer:
-    """Builds and runs candidates of one workload on one target; use as a context manager."""
+class WorkerPool:
+    """The build workers (one per core) and the timing worker, shared by the Measurers of many workloads.
 
-    def __init__(self, space: SearchSpace, target: HardwareTarget, options: MeasureOptions | None = None):
+    Workers are generic: every request names its workload, so a model-tuning session starts them
+    once instead of once per task and batch. Use as a context manager.
+    """
+
+    def __init__(self, target: HardwareTarget, options: MeasureOptions | None = None):
+        self.options = options or MeasureOptions()
+        n_builders = self.options.builders or max(1, target.num_cores)
+        self.builders = [WorkerProcess(f"builder{i}", threads=1) for i in range(n_builders)]
+        self.runner = WorkerProcess("runner", threads=target.num_cores)
+        self.threads = ThreadPoolExecutor(max_workers=n_builders)
+        for worker in [self.runner, *self.builders]:
+            worker.start()
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.threads.shutdown(wait=True)
+        for worker in [*self.builders, self.runner]:
+            worker.kill()
+
+
+class Measurer:
+    """Builds and runs candidates of one workload on one target; use as a context manager.
+
+    It starts its own WorkerPool unless it is given one (which it then leaves running).
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        target: HardwareTarget,
+        options: MeasureOptions | None = None,
+        pool: WorkerPool | None = None,
+    ):
         self.space = space
         self.target = target
-        self.options = options or MeasureOptions()
+        self.options = pool.options if pool is not None else (options or MeasureOptions())
+        self._own_pool = pool is None
+        self._workers = pool if pool is not None else WorkerPool(target, self.options)
         self._tmp = tempfile.TemporaryDirectory(prefix="autotune-")
         self._arrays_path = os.path.join(self._tmp.name, "reference.npz")
-        n_builders = self.options.builders or max(1, target.num_cores)
-        self._builders = [WorkerProcess(f"builder{i}", threads=1) for i in range(n_builders)]
-        self._runner = WorkerProcess("runner", threads=target.num_cores)
-        self._pool = ThreadPoolExecutor(max_workers=n_builders)
+        self._builders, self._runner = self._workers.builders, self._workers.runner
+        self._pool = self._workers.threads
         self._common = {
             "workload_key": space.workload.key,
             "workload_json": tvm.ir.save_json(space.workload.mod),
@@ -138,8 +175,6 @@ class Measurer:
         self._outputs = [i for i, a in enumerate(space.workload.args) if a.is_output]
         self._prepared = False
         self._run_timeout = self.options.run_timeout
-        for worker in [self._runner, *self._builders]:
-            worker.start()
 
     def __enter__(self) -> "Measurer":
         return self
@@ -148,9 +183,8 @@ class Measurer:
         self.close()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        for worker in [*self._builders, self._runner]:
-            worker.kill()
+        if self._own_pool:
+            self._workers.close()
         self._tmp.cleanup()
 
     def prepare(self) -> float:

@@ -50,6 +50,7 @@ class TrialRecord:
     # `origin` says where it was measured (host name) or where it came from (an imported tool).
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
     origin: str = field(default_factory=socket.gethostname)
+    session_id: int | None = None  # the model-tuning session that measured it (see session.py)
 
     @property
     def latency(self) -> float | None:
@@ -80,6 +81,7 @@ class TrialRecord:
             "created_at": self.created_at,
             "uid": self.uid,
             "origin": self.origin,
+            "session_id": self.session_id,
         }
 
     @staticmethod
@@ -99,4 +101,5 @@ class TrialRecord:
             id=data.get("id"),
             uid=data.get("uid") or uuid.uuid4().hex,
             origin=data.get("origin") or "",
+            session_id=data.get("session_id"),
         )

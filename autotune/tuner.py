@@ -15,11 +15,11 @@ from typing import Any, Callable
 import tvm
 from tvm import s_tir
 
-from .cost_model import warm_start
+from .cost_model import CostModel, warm_start
 from .database import Database, open_database
 from .errors import AutotuneError, BudgetError, TargetError, last_line
 from .features import FEATURE_VERSION, FeatureExtractor
-from .measure import MeasureOptions, Measurer
+from .measure import MeasureOptions, Measurer, WorkerPool
 from .records import TrialRecord
 from .search import ModelGuidedSearch, RandomSearch, SearchStrategy
 from .search_space import Candidate, SearchSpace, apply_candidate
@@ -100,34 +100,84 @@ def tune(
     check_budget(trials, batch_size)
     work = as_workload(workload, name=name)
     hw = resolve_target(target)
-    search_space = SearchSpace(work, space if isinstance(space, SpaceConfig) else load_space_config(space))
+    config = space if isinstance(space, SpaceConfig) else load_space_config(space)
     start = time.perf_counter()
     with open_database(database) as db:
-        db.commit_workload(work)
-        db.commit_target(hw.key, hw.target_json(), hw.fingerprint)
-        similar_key = closest_similar_target(db, hw, work.key) if similar else None
-        search = _strategy(strategy, search_space, hw, db, seed, similar_key)
-        measured: list[TrialRecord] = []
-        saved_on = 0
-        with Measurer(search_space, hw, measure) as measurer:
-            baseline = measurer.prepare()
+        with TaskTuner(work, hw, db, config, strategy=strategy, seed=seed, measure=measure, similar=similar) as task:
+            measured: list[TrialRecord] = []
             while len(measured) < trials:
-                batch = search.ask(min(batch_size, trials - len(measured)))
-                if not batch:
+                done = task.step(min(batch_size, trials - len(measured)), progress, len(measured), trials)
+                if not done:
                     logger.info("search space exhausted after %d trials", len(measured))
                     break
-                done = []
-                for record in measurer.measure(batch):
-                    record = _with_id(record, db.commit_trial(record))
-                    done.append(record)
-                    if progress is not None:
-                        progress(_progress(db, work, hw, record, len(measured) + len(done), trials))
                 measured += done
-                search.tell(done)
-                saved_on = _save_model(db, hw, search, saved_on)
+            baseline = task.baseline
         best = db.best(work.key, hw.key)
-    mod = apply_record(work, best, search_space.config) if best else None
+    mod = apply_record(work, best, config) if best else None
     return TuneResult(work, hw, best, mod, tuple(measured), baseline, time.perf_counter() - start)
+
+
+class TaskTuner:
+    """Tunes one workload batch by batch, keeping its search and measurer between batches.
+
+    `tune` runs one to the end; a model session (`session.tune_model`) interleaves many, giving
+    them one WorkerPool and one cost model (the model is per hardware target anyway). Each
+    measured trial is committed at once, tagged with the session when there is one.
+    """
+
+    def __init__(
+        self,
+        workload: Workload,
+        target: HardwareTarget,
+        db: Database,
+        config: SpaceConfig,
+        *,
+        strategy: str = "model",
+        seed: int | None = None,
+        measure: MeasureOptions | None = None,
+        similar: bool = False,
+        pool: WorkerPool | None = None,
+        model: CostModel | None = None,
+        session_id: int | None = None,
+    ):
+        self.workload, self.target, self.db = workload, target, db
+        self.session_id = session_id
+        self.space = SearchSpace(workload, config)
+        db.commit_workload(workload)
+        db.commit_target(target.key, target.target_json(), target.fingerprint)
+        similar_key = closest_similar_target(db, target, workload.key) if similar else None
+        self.search = _strategy(strategy, self.space, target, db, seed, similar_key, model)
+        self.measurer = Measurer(self.space, target, measure, pool)
+        self.baseline: float | None = None
+        self._saved_on = 0
+
+    def step(
+        self, n: int, progress: Callable[[Progress], None] | None = None, done_before: int = 0, total: int | None = None
+    ) -> list[TrialRecord]:
+        """Measure up to n new candidates and commit each; an empty list means the space is exhausted."""
+        if self.baseline is None:
+            self.baseline = self.measurer.prepare()
+        batch = self.search.ask(n)
+        done: list[TrialRecord] = []
+        for record in self.measurer.measure(batch):
+            record = replace(record, session_id=self.session_id)
+            record = _with_id(record, self.db.commit_trial(record))
+            done.append(record)
+            if progress is not None:
+                count = done_before + len(done)
+                progress(_progress(self.db, self.workload, self.target, record, count, total or count))
+        self.search.tell(done)
+        self._saved_on = _save_model(self.db, self.target, self.search, self._saved_on)
+        return done
+
+    def close(self) -> None:
+        self.measurer.close()
+
+    def __enter__(self) -> "TaskTuner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def apply_best(
@@ -262,14 +312,21 @@ def closest_target(db: Database, hw: HardwareTarget, keys: list[str]) -> str | N
 
 
 def _strategy(
-    name: str, space: SearchSpace, hw: HardwareTarget, db: Database, seed: int | None, similar_key: str | None
+    name: str,
+    space: SearchSpace,
+    hw: HardwareTarget,
+    db: Database,
+    seed: int | None,
+    similar_key: str | None,
+    model: CostModel | None = None,
 ) -> SearchStrategy:
     seeds = _similar_seeds(db, space.workload.key, similar_key, SIMILAR_SEEDS) if similar_key else []
     if name == "random":
         measured = db.measured_candidate_keys(space.workload.key, hw.key)
         return RandomSearch(space, seed=seed, measured=measured, seeds=seeds)
     if name == "model":
-        model = warm_start(db, hw, space.config, [similar_key] if similar_key else [])
+        if model is None:
+            model = warm_start(db, hw, space.config, [similar_key] if similar_key else [])
         measured = db.trials(space.workload.key, hw.key)
         return ModelGuidedSearch(space, FeatureExtractor(space, hw), model, seed=seed, measured=measured, seeds=seeds)
     raise AutotuneError(f"unknown search strategy {name!r} (known: {', '.join(STRATEGIES)})")
