@@ -6,6 +6,8 @@ Public API::
     result.best_latency, result.mod
     mod = autotune.apply_best([A, B, C], target="llvm", database="cache/tuning.db")
     ex = autotune.compile(relax_mod, target="llvm")          # a whole model, with its tuned kernels
+    session = autotune.tune_model(torch_net, example_inputs=(x,), trials=500, time_budget="2h")
+    autotune.tune_model(session=session.session_id)          # resume after Ctrl-C or kill -9
     with autotune.Database() as db:
         autotune.export_log(db, "fleet.jsonl"); autotune.import_log(db, "fleet.jsonl")
 """
@@ -19,18 +21,22 @@ from .errors import (
     BudgetError,
     DatabaseError,
     LogError,
+    ModelError,
     SearchSpaceError,
     ShapeError,
     TargetError,
     UnknownOperatorError,
     WorkloadError,
 )
+from .evaluate import ModelReport, build_session, evaluate_session
 from .logs import MergeSummary, export_log, import_log
 from .measure import MeasureOptions
+from .model import ModelTasks, Task, extract_tasks, load_model
 from .metaschedule import MetaScheduleSummary, export_metaschedule, import_metaschedule
 from .pipeline import ApplyReport, AutotuneDatabase, apply_database, compile, prepare, tunable_functions
 from .records import Status, TrialRecord
 from .search_space import Candidate, SearchSpace
+from .session import SessionProgress, TaskProgress, parse_duration, session_progress, tune_model
 from .space_config import SpaceConfig, load_space_config
 from .target import HardwareTarget, resolve_target
 from .tuner import Progress, TuneResult, apply_best, tune
@@ -49,13 +55,19 @@ __all__ = [
     "MeasureOptions",
     "MergeSummary",
     "MetaScheduleSummary",
+    "ModelError",
+    "ModelReport",
+    "ModelTasks",
     "Progress",
     "SearchSpace",
     "SearchSpaceError",
+    "SessionProgress",
     "ShapeError",
     "SpaceConfig",
     "Status",
     "TargetError",
+    "Task",
+    "TaskProgress",
     "TrialRecord",
     "TuneResult",
     "UnknownOperatorError",
@@ -64,16 +76,23 @@ __all__ = [
     "apply_best",
     "apply_database",
     "as_workload",
+    "build_session",
     "compile",
     "default_database_path",
+    "evaluate_session",
     "export_log",
     "export_metaschedule",
+    "extract_tasks",
     "import_log",
     "import_metaschedule",
+    "load_model",
     "load_space_config",
     "ops",
+    "parse_duration",
     "prepare",
     "resolve_target",
+    "session_progress",
     "tunable_functions",
     "tune",
+    "tune_model",
 ]

@@ -179,6 +179,33 @@ def cmd_resume(args: argparse.Namespace) -> int:
         database=args.db, progress=on_progress))
 
 
+def cmd_compile_model(args: argparse.Namespace) -> int:
+    from .evaluate import build_session, evaluate_session
+
+    target = _target_spec(args.target)
+    report = evaluate_session(args.session, args.db, target, reference=args.reference)
+    _print_model_report(report)
+    if args.out:
+        executable, _, _ = build_session(args.session, args.db, target)
+        executable.export_library(args.out)
+        print(f"wrote the tuned model to {args.out} (load with tvm.runtime.load_module + relax.VirtualMachine)")
+    return 0 if report.correct else 1
+
+
+def _print_model_report(report: Any) -> None:
+    rows = [("untuned TVM", report.untuned_latency), ("autotune", report.tuned_latency),
+            ("PyTorch eager", report.torch_latency)]
+    print(f"\n{'model build':<16}{'latency (ms)':>14}{'vs untuned':>12}")
+    for label, secs in rows:
+        if secs:
+            print(f"{label:<16}{secs * 1e3:>14.4f}{report.untuned_latency / secs:>11.2f}x")
+    checks = f"max error vs untuned {report.max_error_vs_untuned:.2g}"
+    if report.max_error_vs_torch is not None:
+        checks += f", vs PyTorch {report.max_error_vs_torch:.2g}"
+    verdict = "outputs match" if report.correct else "OUTPUTS DIFFER"
+    print(f"{len(report.applied)} kernels tuned, {len(report.untuned_kernels)} left untuned; {verdict} ({checks})")
+
+
 def cmd_sessions(args: argparse.Namespace) -> int:
     from .session import session_progress
 
@@ -245,6 +272,12 @@ def _run_session(args: argparse.Namespace, start: Any) -> int:
         raise
     print(_session_table(final))
     print(f"session {final.session_id} {final.status}; database: {args.db or default_database_path()}")
+    if getattr(args, "evaluate", True):
+        from .evaluate import evaluate_session
+
+        report = evaluate_session(final.session_id, args.db, _target_spec(args.target))
+        _print_model_report(report)
+        return 0 if report.correct else 1
     return 0
 
 
@@ -376,6 +409,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("session", type=int, metavar="SESSION")
     _session_budget(p)
     p.set_defaults(run=cmd_resume)
+    p = sub.add_parser("compile-model", parents=[common],
+                       help="build a session's model with its best kernels; time it against the untuned build")
+    p.add_argument("session", type=int, metavar="SESSION")
+    p.add_argument("--out", help="also write the tuned model as a shared library")
+    p.add_argument("--reference", help="a torch.export .pt2 file to compare with (default: the session's .pt2 source)")
+    p.set_defaults(run=cmd_compile_model)
     p = sub.add_parser("sessions", parents=[common], help="list model-tuning sessions")
     p.set_defaults(run=cmd_sessions)
     _cache_parser(sub, common)
@@ -385,6 +424,8 @@ def _parser() -> argparse.ArgumentParser:
 def _session_budget(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, help="total trials for the session")
     p.add_argument("--time", help="total wall time for the session, e.g. 90m, 2h, 1h30m")
+    p.add_argument("--no-evaluate", dest="evaluate", action="store_false",
+                   help="skip building and timing the whole model at the end")
 
 
 def _cache_parser(sub: Any, common: argparse.ArgumentParser) -> None:

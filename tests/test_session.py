@@ -204,11 +204,36 @@ def test_cli_tunes_an_onnx_model_lists_and_resumes_its_session(tmp_path, capsys)
     assert main(["tune-model", str(model), "--trials", "4", "--batch-size", "2", "--db", db, "--seed", "0"]) == 0
     out = capsys.readouterr().out
     assert "session 1 finished" in out and "estimated model latency" in out and "share" in out
+    assert "untuned TVM" in out and "outputs match" in out  # the model is built and checked at the end
     assert main(["sessions", "--db", db]) == 0
     listing = capsys.readouterr().out
     assert "mlp" in listing and "finished" in listing and "4/4" in listing
-    assert main(["resume", "1", "--trials", "6", "--db", db]) == 0
+    assert main(["resume", "1", "--trials", "6", "--db", db, "--no-evaluate"]) == 0
     assert "6/6 trials" in capsys.readouterr().out
     assert main(["tune-model", str(model), "--db", db]) == 2  # no budget
     assert main(["resume", "9", "--trials", "2", "--db", db]) == 2
     assert (tmp_path / "sessions" / "1.log").read_text().count("finished") >= 2
+
+
+def test_the_tuned_model_is_built_timed_and_checked_against_pytorch(tmp_path, capsys):
+    from autotune.evaluate import evaluate_session
+
+    net, x = mlp()
+    program = tmp_path / "mlp.pt2"
+    torch.export.save(torch.export.export(net, (x,)), str(program))
+    db = tmp_path / "m.db"
+    session = tune_model(program, trials=6, batch_size=3, database=db, seed=0, strategy="random")
+    report = evaluate_session(session.session_id, db)  # the .pt2 source is the PyTorch reference
+    assert report.correct and report.max_error_vs_torch is not None and report.max_error_vs_torch < 1e-4
+    assert set(report.applied) == {"fused_matmul_add_relu", "fused_matmul1_add1"} and not report.untuned_kernels
+    assert report.tuned_latency > 0 and report.untuned_latency > 0 and report.torch_latency > 0
+    out = tmp_path / "model.so"
+    assert main(["compile-model", str(session.session_id), "--db", str(db), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "PyTorch eager" in printed and "outputs match" in printed and out.stat().st_size > 0
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(out)), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x.numpy()))[0].numpy()
+    np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-5)
