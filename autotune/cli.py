@@ -206,6 +206,14 @@ def _print_model_report(report: Any) -> None:
     print(f"{len(report.applied)} kernels tuned, {len(report.untuned_kernels)} left untuned; {verdict} ({checks})")
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    report = write_report(args.session, args.out, args.db)
+    print(f"wrote {report.summary} and {len(report.plots)} plots in {args.out}")
+    return 0
+
+
 def cmd_sessions(args: argparse.Namespace) -> int:
     from .session import session_progress
 
@@ -415,6 +423,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the tuned model as a shared library")
     p.add_argument("--reference", help="a torch.export .pt2 file to compare with (default: the session's .pt2 source)")
     p.set_defaults(run=cmd_compile_model)
+    p = sub.add_parser("report", parents=[common], help="write plots and a Markdown summary of a session")
+    p.add_argument("session", type=int, metavar="SESSION")
+    p.add_argument("--out", required=True, help="directory for summary.md and the PNG plots")
+    p.set_defaults(run=cmd_report)
     p = sub.add_parser("sessions", parents=[common], help="list model-tuning sessions")
     p.set_defaults(run=cmd_sessions)
     _cache_parser(sub, common)

@@ -177,6 +177,8 @@ def _run(db: Database, session_id: int, hw: HardwareTarget, config: SpaceConfig,
     for state, work in zip(states, workloads):
         best = db.best(work.key, hw.key)
         state.best = best.latency if best else None
+        if state.trials:  # resumed: what this session measured counts as the task's warm-up
+            state.history.append((state.trials, state.best))
     scheduler: TaskScheduler = SCHEDULERS[options["scheduler"]]()
     elapsed, start = float(row["elapsed"]), time.perf_counter()
     tuners: dict[int, TaskTuner] = {}

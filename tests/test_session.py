@@ -210,6 +210,11 @@ def test_cli_tunes_an_onnx_model_lists_and_resumes_its_session(tmp_path, capsys)
     assert "mlp" in listing and "finished" in listing and "4/4" in listing
     assert main(["resume", "1", "--trials", "6", "--db", db, "--no-evaluate"]) == 0
     assert "6/6 trials" in capsys.readouterr().out
+    assert main(["report", "1", "--out", str(tmp_path / "report"), "--db", db]) == 0
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "| fused_matmul_add_relu |" in summary or "| fused_" in summary
+    pngs = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
+    assert len(pngs) == 4 and all((tmp_path / "report" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert main(["tune-model", str(model), "--db", db]) == 2  # no budget
     assert main(["resume", "9", "--trials", "2", "--db", db]) == 2
     assert (tmp_path / "sessions" / "1.log").read_text().count("finished") >= 2
