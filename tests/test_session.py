@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
@@ -13,7 +12,6 @@ import time
 import numpy as np
 import pytest
 
-import autotune
 from autotune.cli import main
 from autotune.database import Database
 from autotune.errors import BudgetError, ModelError
