@@ -21,7 +21,7 @@ from tvm.s_tir import meta_schedule as ms
 from .search_space import Candidate, SearchSpace, apply_candidate
 from .target import HardwareTarget
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: loops_rfactor, n_kept_producers
 _STORE_WIDTH = 164
 _MAX_LEVELS = 4
 DECISION_FEATURES = (
@@ -30,7 +30,7 @@ DECISION_FEATURES = (
     + ["log2_vector", "log2_register_tile", "register_tile_over_registers", "log2_l1_bytes_over_l1",
        "log2_l2_bytes_over_l2", "log2_parallel", "parallel_over_cores", "write_level", "local_accumulator",
        "epilogue_fused", "log2_unroll", "n_tiled", "n_compute_at", "loops_vector", "loops_parallel",
-       "log2_flops", "log2_output_elems"]
+       "log2_flops", "log2_output_elems", "loops_rfactor", "n_kept_producers"]
 )
 FEATURE_LENGTH = 3 * _STORE_WIDTH + len(DECISION_FEATURES)
 
@@ -72,6 +72,8 @@ class FeatureExtractor:
         out["n_compute_at"] = float(sum(1 for d in blocks.values() if d.get("depth", 0) > 0))
         out["loops_vector"] = math.log2(max([d["vector"] for d in loops] or [1]))
         out["loops_parallel"] = float(max([d["parallel"] for d in loops] or [0]))
+        out["loops_rfactor"] = math.log2(max([int(d.get("rfactor", 1)) for d in blocks.values()] or [1]))
+        out["n_kept_producers"] = float(sum(1 for d in blocks.values() if d.get("inline") is False))
         workload = self.space.workload
         out["log2_flops"] = math.log2(1 + workload.flops)
         out["log2_output_elems"] = math.log2(1 + sum(math.prod(a.shape) for a in workload.outputs))

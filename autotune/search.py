@@ -21,7 +21,7 @@ import numpy as np
 from .cost_model import CostModel, latency_or_nan
 from .features import FeatureExtractor
 from .records import TrialRecord
-from .search_space import Candidate, SearchSpace
+from .search_space import Candidate, SearchSpace, rfactor_choices
 
 # How many consecutive duplicate draws mean that the space is (nearly) exhausted.
 _MAX_DUPLICATE_DRAWS = 200
@@ -180,10 +180,12 @@ def _mutate_block(block: dict[str, Any], rule: Any, space: SearchSpace, rng: ran
         else:
             block["accumulator"] = rng.choice(config.accumulator_scopes)
         return
-    keys = [k for k in ("depth", "parallel", "vector", "inline") if k in block]
+    keys = [k for k in ("depth", "parallel", "vector", "inline", "rfactor") if k in block]
     key = rng.choice(keys)
     if key == "inline":
         block["inline"] = not block["inline"]
+    elif key == "rfactor":
+        block["rfactor"] = rng.choice(rfactor_choices(rule, config))
     elif key == "depth":
         block["depth"] = rng.choice(rule.depths)
     elif key == "parallel":

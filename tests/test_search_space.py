@@ -2,17 +2,21 @@
 candidates of every built-in operator build and compute the right numbers."""
 
 import json
+import platform
 import random
+import re
 
 import numpy as np
 import pytest
 import tvm
+from tvm import te
 
 from autotune import ops
 from autotune.errors import SearchSpaceError
-from autotune.search_space import Candidate, SearchSpace, apply_candidate, trace_json
+from autotune.search_space import Candidate, SearchSpace, apply_candidate, rfactor_choices, trace_json
 from autotune.space_config import load_space_config, search_spaces_dir
 from autotune.target import resolve_target
+from autotune.workload import as_workload
 
 CASES = [
     ("matmul", "33,40,24", {}),
@@ -27,6 +31,15 @@ CASES = [
     ("pool2d", "1,4,9,9,3,3", {"kind": "avg", "stride": "2", "padding": "1"}),
     ("softmax", "12,40", {}),
     ("layernorm", "12,40", {}),
+    # row reductions whose reduction may be vectorized by rfactor (and odd extents where it may not)
+    ("softmax", "8,40", {}),
+    ("softmax", "127,33", {}),
+    ("layernorm", "8,40", {}),
+    ("layernorm", "127,33", {}),
+    ("pool2d", "1,4,8,8,2,2", {"kind": "avg"}),
+    ("pool2d", "1,3,9,10,2,2", {"kind": "max", "stride": "1"}),
+    ("pool2d", "1,2,8,16,2,8", {"kind": "avg"}),
+    ("pool2d", "1,2,6,20,3,8", {"kind": "max", "stride": "2"}),
 ]
 SAMPLES_PER_CASE = 10
 
@@ -44,21 +57,77 @@ def _run(mod, workload, target, inputs):
     return [t.numpy() for t, a in zip(tensors, workload.args) if a.is_output]
 
 
-@pytest.mark.parametrize("op,shape,options", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
-def test_sampled_candidates_build_and_compute_the_reference(op, shape, options, target):
-    workload = ops.make(op, shape, **options)
+def _row_sum(m, n):
+    a = te.placeholder((m, n), name="A")
+    k = te.reduce_axis((0, n), name="k")
+    return as_workload([a, te.compute((m,), lambda i: te.sum(a[i, k], axis=k), name="S")], name=f"row_sum_{m}x{n}")
+
+
+def _window_sum(c, h, w):
+    """Two reduction loops, like a global average pool: the lanes run along the inner one."""
+    a = te.placeholder((c, h, w), name="A")
+    r, s = te.reduce_axis((0, h), name="r"), te.reduce_axis((0, w), name="s")
+    return as_workload([a, te.compute((c,), lambda i: te.sum(a[i, r, s], axis=[r, s]), name="S")], name="window_sum")
+
+
+def _total_max(n):
+    """No spatial loop at all: a reduction to a scalar."""
+    a = te.placeholder((n,), name="A")
+    k = te.reduce_axis((0, n), name="k")
+    return as_workload([a, te.compute((), lambda: te.max(a[k], axis=k), name="M")], name=f"total_max_{n}")
+
+
+TE_CASES = {
+    "row_sum-127x40": lambda: _row_sum(127, 40),
+    "row_sum-8x33": lambda: _row_sum(8, 33),
+    "window_sum-6x7x8": lambda: _window_sum(6, 7, 8),
+    "total_max-96": lambda: _total_max(96),
+}
+
+
+def _check_samples(workload, target):
     space = SearchSpace(workload)
     inputs = workload.random_inputs(seed=1)
     expected = _run(workload.mod, workload, target, inputs)
     rng = random.Random(0)
-    keys = set()
+    keys, rfactored = set(), 0
     for _ in range(SAMPLES_PER_CASE):
         candidate = space.sample(rng)
         keys.add(candidate.key)
-        got = _run(apply_candidate(space, candidate).mod, workload, target, inputs)
+        mod = apply_candidate(space, candidate).mod
+        _assert_vector_loops_are_innermost(mod.script(), candidate)
+        got = _run(mod, workload, target, inputs)
         for g, e in zip(got, expected):
             np.testing.assert_allclose(g, e, rtol=1e-3, atol=1e-3, err_msg=json.dumps(candidate.decisions))
+        rfactored += any(d.get("rfactor", 1) > 1 for d in candidate.decisions["blocks"].values())
     assert len(keys) > SAMPLES_PER_CASE // 2, "sampling should give mostly distinct candidates"
+    if any(rfactor_choices(r, space.config) != [1] for r in space.rules):
+        assert rfactored, "the samples should vectorize some reductions"
+
+
+def _assert_vector_loops_are_innermost(script, candidate):
+    """No loop inside a vectorized loop: TVM accepts vectorizing a loop around a reduction's loops
+    and computes wrong numbers, so the rules must never produce one."""
+    lines = script.splitlines()
+    for i, line in enumerate(lines):
+        if "T.vectorized(" not in line:
+            continue
+        indent = len(line) - len(line.lstrip())
+        for inner in lines[i + 1 :]:
+            if inner.strip() and len(inner) - len(inner.lstrip()) <= indent:
+                break
+            message = f"loop inside a vector loop: {json.dumps(candidate.decisions)}"
+            assert not inner.lstrip().startswith("for "), message
+
+
+@pytest.mark.parametrize("op,shape,options", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_sampled_candidates_build_and_compute_the_reference(op, shape, options, target):
+    _check_samples(ops.make(op, shape, **options), target)
+
+
+@pytest.mark.parametrize("case", sorted(TE_CASES))
+def test_sampled_reductions_build_and_compute_the_reference(case, target):
+    _check_samples(TE_CASES[case](), target)
 
 
 def test_rules_follow_the_blocks():
@@ -75,6 +144,119 @@ def test_rules_follow_the_blocks():
     assert drawn == {True, False}
     pool = SearchSpace(ops.make("pool2d", "1,4,8,8,2,2"))
     assert [r.rule for r in pool.rules] == ["loops"]  # no reuse: not tiled
+
+
+def test_row_reductions_may_vectorize_their_reduction():
+    softmax = SearchSpace(ops.make("softmax", "8,40"))
+    rules = {r.block: r for r in softmax.rules}
+    # exp feeds the sum and the normalisation: inlined by default, keeping it is a decision
+    assert "T_softmax_exp" in softmax.inlined and rules["T_softmax_exp"].inlinable
+    assert rules["T_softmax_maxelem"].rule == "loops" and rules["T_softmax_expsum"].rule == "compute_at"
+    # inside the column loop (depth 2) the sum cannot be rfactored
+    assert rules["T_softmax_expsum"].rfactor_depths == (0, 1)
+    draws = [softmax._draw(random.Random(i))["blocks"] for i in range(30)]
+    assert {d["T_softmax_maxelem"]["rfactor"] for d in draws} == {1, 4, 8}  # the widths that divide 40
+    assert {d["T_softmax_exp"]["inline"] for d in draws} == {True, False}
+    for d in draws:
+        for name in ("T_softmax_maxelem", "T_softmax_expsum"):
+            assert d[name]["rfactor"] == 1 or d[name]["vector"] == 1  # one vector loop or the other
+        assert d["T_softmax_expsum"]["rfactor"] == 1 or d["T_softmax_expsum"]["depth"] in (0, 1)
+    odd = {r.block: r for r in SearchSpace(ops.make("softmax", "127,33")).rules}
+    assert rfactor_choices(odd["T_softmax_maxelem"], softmax.config) == [1]  # no width divides 33
+    pool = SearchSpace(ops.make("pool2d", "1,4,8,8,2,2", kind="max")).rules[0]
+    assert rfactor_choices(pool, softmax.config) == [1]  # two values per window row: nothing to gain
+    wide = SearchSpace(ops.make("pool2d", "1,2,8,16,2,8", kind="max")).rules[0]
+    assert rfactor_choices(wide, softmax.config) == [1, 4, 8]  # lanes along the window's rows
+    tiled = SearchSpace(ops.make("matmul", "16,16,16")).rules[0]
+    assert rfactor_choices(tiled, softmax.config) == [1]
+
+
+@pytest.mark.parametrize("op,shape", [("softmax", "8,40"), ("layernorm", "8,40")])
+def test_rfactor_composes_with_compute_at_parallel_and_kept_producers(op, shape, target):
+    workload = ops.make(op, shape)
+    space = SearchSpace(workload)
+    inputs = workload.random_inputs(seed=2)
+    expected = _run(workload.mod, workload, target, inputs)
+    at, root, out, kept = (r.block for r in (
+        next(r for r in space.rules if r.rule == "compute_at"),
+        next(r for r in space.rules if r.reduction and r.rule == "loops"),
+        space.rules[-1],
+        space.rules[0],
+    ))
+    for depth in (0, 1):
+        for inline in (True, False):
+            blocks = {
+                kept: {"parallel": 1, "vector": 8, "inline": inline},
+                root: {"parallel": 1, "vector": 1, "rfactor": 8},
+                at: {"depth": depth, "parallel": 1, "vector": 1, "rfactor": 4},
+                out: {"parallel": 1, "vector": 8},
+            }
+            candidate = Candidate({"format": 1, "blocks": blocks, "unroll": 16})
+            sch = apply_candidate(space, candidate)
+            script = sch.mod.script()
+            assert f'T.sblock("{root}_rf")' in script and f'T.sblock("{at}_rf")' in script
+            _assert_vector_loops_are_innermost(script, candidate)
+            got = _run(sch.mod, workload, target, inputs)
+            np.testing.assert_allclose(got[0], expected[0], rtol=1e-3, atol=1e-3, err_msg=json.dumps(blocks))
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="checks x86 assembly")
+def test_rfactor_gives_simd_code(target):
+    workload = _row_sum(64, 256)
+    space = SearchSpace(workload)
+
+    def packed_adds(rfactor):
+        blocks = {"S": {"parallel": 0, "vector": 1, "rfactor": rfactor}}
+        candidate = Candidate({"format": 1, "blocks": blocks, "unroll": 0})
+        asm = tvm.compile(apply_candidate(space, candidate).mod, target=target).mod.inspect_source("s")
+        return len(re.findall(r"\bv?addps\b", asm))
+
+    assert packed_adds(1) == 0 and packed_adds(16) > 0
+
+
+def test_candidates_from_before_rfactor_apply_as_before():
+    space = SearchSpace(ops.make("softmax", "12,40"))
+    blocks = {
+        "T_softmax_maxelem": {"parallel": 1, "vector": 4},
+        "T_softmax_expsum": {"depth": 1, "parallel": 0, "vector": 1},
+        "T_softmax_norm": {"parallel": 1, "vector": 8},
+    }
+    old = Candidate({"format": 1, "blocks": blocks, "unroll": 0})
+    explicit = json.loads(json.dumps(blocks))
+    explicit["T_softmax_exp"] = {"parallel": 0, "vector": 1, "inline": True}
+    for name in ("T_softmax_maxelem", "T_softmax_expsum"):
+        explicit[name]["rfactor"] = 1
+    new = Candidate({"format": 1, "blocks": explicit, "unroll": 0})
+    assert apply_candidate(space, old).mod.script() == apply_candidate(space, new).mod.script()
+    assert 'T.sblock("T_softmax_exp")' not in apply_candidate(space, old).mod.script()  # still inlined
+    # the untuned baseline is unchanged too: only the elementwise producers inlined
+    default = apply_candidate(space, space.default_candidate()).mod.script()
+    assert 'T.sblock("T_softmax_exp")' not in default and "_rf" not in default and "T.parallel" not in default
+
+
+def test_rfactor_schedules_replay_from_their_trace():
+    workload = ops.make("layernorm", "8,40")
+    space = SearchSpace(workload)
+    rng = random.Random(4)
+    for _ in range(4):
+        sch = apply_candidate(space, space.sample(rng))
+        replay = tvm.s_tir.Schedule(workload.mod)
+        tvm.s_tir.schedule.Trace.apply_json_to_schedule(json.loads(json.dumps(trace_json(sch))), replay)
+        assert replay.mod.script() == sch.mod.script()
+
+
+def test_constrain_keeps_one_vector_loop_and_feasible_rfactors():
+    space = SearchSpace(ops.make("softmax", "8,40"))
+    blocks = {
+        "T_softmax_exp": {"parallel": 0, "vector": 1, "inline": True},
+        "T_softmax_maxelem": {"parallel": 1, "vector": 8, "rfactor": 8},
+        "T_softmax_expsum": {"depth": 2, "parallel": 0, "vector": 1, "rfactor": 4},
+        "T_softmax_norm": {"parallel": 1, "vector": 8},
+    }
+    constrained = space.constrain({"format": 1, "blocks": blocks, "unroll": 0})["blocks"]
+    assert constrained["T_softmax_maxelem"] == {"parallel": 1, "vector": 1, "rfactor": 8}
+    assert constrained["T_softmax_expsum"]["rfactor"] == 1  # not feasible inside the column loop
+    assert constrained["T_softmax_norm"]["vector"] == 1  # the sum is computed inside its last loop
 
 
 def test_tiles_of_the_vectorized_loop_multiply_to_the_extent():
@@ -121,7 +303,14 @@ def _write_variant(tmp_path, old, new):
     [
         ("max_innermost_factor = 64", "max_innermost_factor = 64\nmax_inner_factor = 3", "unknown key tiling.max_inner_factor"),
         ("max_innermost_factor = 64", 'max_innermost_factor = "64"', "tiling.max_innermost_factor must be int"),
-        ("vector_factors = [1, 4, 8, 16, 32, 64]", "vector_factors = []", "loops.vector_factors must be"),
+        ("\nvector_factors = [1, 4, 8, 16, 32, 64]", "\nvector_factors = []", "loops.vector_factors must be"),
+        ("reduction_vector_factors = [1, 4, 8, 16, 32, 64]", "reduction_vector_factors = [1, 4.0]",
+         "loops.reduction_vector_factors must be a non-empty list of int"),
+        ("reduction_vector_factors = [1, 4, 8, 16, 32, 64]", "reduction_vector_factors = [0, 8]",
+         "loops.reduction_vector_factors has an invalid value"),
+        ("reduction_vector_factors = [1, 4, 8, 16, 32, 64]", "reduction_vector_factor = [1, 8]",
+         "unknown key loops.reduction_vector_factor"),
+        ("reduction_vector_factors = [1, 4, 8, 16, 32, 64]\n", "", "missing key loops.reduction_vector_factors"),
         ("[unroll]", "[unrolling]", "unknown section"),
         ('structure = "SSRSRS"', 'structure = "SXR"', "tiling.structure"),
         ("write_levels = [1, 2]", "write_levels = [7]", "tiling.write_levels"),
