@@ -321,6 +321,8 @@ def _print_result(result: TuneResult, db: str | None) -> None:
         print("no correct candidate found")
         return
     print(_describe_best(result.workload, result.best))
+    if result.remeasured_latency:
+        print(f"re-measured (fresh build) before reporting: {result.remeasured_latency * 1e3:.3f} ms")
     print(f"database: {db or default_database_path()}  target key: {result.target.key}")
 
 

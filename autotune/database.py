@@ -219,6 +219,23 @@ class Database:
         )
         return [row["target_key"] for row in rows]
 
+    # -- re-measurements ------------------------------------------------------------------
+
+    def commit_check(self, trial_id: int, remeasured: TrialRecord, ratio: float | None, flagged: bool) -> None:
+        """Store a re-measurement of a trial; a flagged trial becomes "unstable" and is never best again."""
+        row = {"trial_id": trial_id, "status": remeasured.status.value, "latency_median": remeasured.latency,
+               "latencies": _dumps(list(remeasured.latencies)), "ratio": ratio, "flagged": int(flagged),
+               "created_at": time.time()}
+        with self._db.conn:
+            self._db.table("checks").insert(row)
+            if flagged:
+                self._db.execute("UPDATE trials SET status = ? WHERE id = ?", [Status.UNSTABLE.value, trial_id])
+
+    def checks(self, trial_id: int) -> list[dict[str, Any]]:
+        """The re-measurements of a trial, oldest first."""
+        rows = self._db.table("checks").rows_where("trial_id = ?", [trial_id], order_by="id")
+        return [_decoded(r, ("latencies",)) for r in rows]
+
     # -- model-tuning sessions -------------------------------------------------------------
 
     def create_session(self, row: dict[str, Any]) -> int:
@@ -352,8 +369,18 @@ def _m004_sessions(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_trials_session ON trials (session_id, workload_key)")
 
 
+def _m005_checks(db: sqlite_utils.Database) -> None:
+    """Re-measurements of best trials (measurement honesty): what the check measured and whether it flagged."""
+    db.execute(
+        """CREATE TABLE checks (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, trial_id INTEGER NOT NULL, status TEXT NOT NULL,
+            latency_median REAL, latencies TEXT NOT NULL, ratio REAL, flagged INTEGER NOT NULL, created_at REAL NOT NULL)"""
+    )
+    db.execute("CREATE INDEX idx_checks_trial ON checks (trial_id)")
+
+
 _MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
-    _m001_initial, _m002_models, _m003_trial_identity, _m004_sessions,
+    _m001_initial, _m002_models, _m003_trial_identity, _m004_sessions, _m005_checks,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

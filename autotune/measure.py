@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import queue
 import select
 import subprocess
 import sys
@@ -20,8 +21,9 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+import psutil
 import tvm
 
 from .records import Status, TrialRecord
@@ -41,6 +43,17 @@ class MeasureOptions:
     repeat: int = 5  # timed repeats; the median is the latency
     min_repeat_ms: int = 30  # each repeat loops the kernel for at least this long
     slow_secs: float = 0.2  # kernels slower than this get fewer repeats
+    # Address-space cap of each worker (0: half the machine's memory), so code that allocates
+    # without bound fails in its worker instead of taking the machine down.
+    memory_limit_mb: int = 0
+    # Test-only fault injection: candidate -> a worker.FAULTS kind (or None), done for real in the worker.
+    inject: Callable[[Candidate], str | None] | None = None
+
+    def worker_memory_mb(self) -> int:
+        return self.memory_limit_mb or int(psutil.virtual_memory().total / 2 / (1 << 20))
+
+
+STARTUP_TIMEOUT = 300.0  # a worker's imports take 0.5-3 s; a loaded machine can take much longer
 
 
 class WorkerDied(Exception):
@@ -54,15 +67,22 @@ class WorkerDied(Exception):
 class WorkerProcess:
     """One `python -m autotune.worker` child; restarted on demand after it dies."""
 
-    def __init__(self, name: str, threads: int):
+    def __init__(self, name: str, threads: int, memory_mb: int = 0):
         self.name = name
         self.threads = threads
+        self.memory_mb = memory_mb
         self._proc: subprocess.Popen[str] | None = None
+        self._ready = False
 
     def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Send one request and wait for its answer; raise WorkerDied on a crash or timeout."""
+        """Send one request and wait for its answer; raise WorkerDied on a crash or timeout.
+
+        The timeout starts once the worker is ready: a fresh worker's imports (seconds) never
+        count against the candidate it serves.
+        """
         proc = self._ensure_started()
         assert proc.stdin is not None and proc.stdout is not None
+        self._wait_ready(proc)
         try:
             proc.stdin.write(json.dumps(request) + "\n")
             proc.stdin.flush()
@@ -92,7 +112,8 @@ class WorkerProcess:
         if self._proc is None or self._proc.poll() is not None:
             package_parent = str(Path(__file__).resolve().parents[1])
             path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
-            env = dict(os.environ, TVM_NUM_THREADS=str(self.threads), PYTHONPATH=path)
+            env = dict(os.environ, TVM_NUM_THREADS=str(self.threads), PYTHONPATH=path,
+                       AUTOTUNE_WORKER_MEMORY_MB=str(self.memory_mb))
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "autotune.worker"],
                 stdin=subprocess.PIPE,
@@ -103,8 +124,21 @@ class WorkerProcess:
             )
         return self._proc
 
+    def _wait_ready(self, proc: subprocess.Popen[str]) -> None:
+        """Wait for the worker's "ready" line (sent after its imports)."""
+        if self._ready:
+            return
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], STARTUP_TIMEOUT)
+        line = proc.stdout.readline() if ready else ""
+        if not line:
+            self.kill()
+            raise WorkerDied(Status.RUN_ERROR, f"worker {self.name} failed to start within {STARTUP_TIMEOUT:.0f} s")
+        self._ready = True
+
     def _reap(self) -> int | None:
         proc, self._proc = self._proc, None
+        self._ready = False
         if proc is None:
             return None
         for stream in (proc.stdin, proc.stdout):
@@ -126,9 +160,13 @@ class WorkerPool:
     def __init__(self, target: HardwareTarget, options: MeasureOptions | None = None):
         self.options = options or MeasureOptions()
         n_builders = self.options.builders or max(1, target.num_cores)
-        self.builders = [WorkerProcess(f"builder{i}", threads=1) for i in range(n_builders)]
-        self.runner = WorkerProcess("runner", threads=target.num_cores)
+        memory = self.options.worker_memory_mb()
+        self.builders = [WorkerProcess(f"builder{i}", threads=1, memory_mb=memory) for i in range(n_builders)]
+        self.runner = WorkerProcess("runner", threads=target.num_cores, memory_mb=memory)
         self.threads = ThreadPoolExecutor(max_workers=n_builders)
+        self.idle_builders: queue.Queue[WorkerProcess] = queue.Queue()  # one build at a time per builder
+        for worker in self.builders:
+            self.idle_builders.put(worker)
         for worker in [self.runner, *self.builders]:
             worker.start()
 
@@ -164,7 +202,7 @@ class Measurer:
         self._workers = pool if pool is not None else WorkerPool(target, self.options)
         self._tmp = tempfile.TemporaryDirectory(prefix="autotune-")
         self._arrays_path = os.path.join(self._tmp.name, "reference.npz")
-        self._builders, self._runner = self._workers.builders, self._workers.runner
+        self._runner = self._workers.runner
         self._pool = self._workers.threads
         self._common = {
             "workload_key": space.workload.key,
@@ -195,7 +233,7 @@ class Measurer:
             raise RuntimeError(f"the untuned reference failed to build or run: {answer.get('error')}")
         self._prepared = True
         # A candidate may be as slow as the untuned code; give it time for its repeats.
-        self._run_timeout = max(self.options.run_timeout, 10 * float(answer["secs"]) + 5)
+        self._run_timeout = max(self.options.run_timeout, 10 * float(answer["secs"]) + 1)
         return float(answer["secs"])
 
     def measure(self, candidates: Sequence[Candidate]) -> Iterator[TrialRecord]:
@@ -207,13 +245,17 @@ class Measurer:
             yield self._run(candidate, built)
 
     def _build(self, index: int, candidate: Candidate) -> dict[str, Any]:
-        worker = self._builders[index % len(self._builders)]
+        worker = self._workers.idle_builders.get()
         out_path = os.path.join(self._tmp.name, f"{candidate.key}.so")
         request = {"job": "build", "decisions": candidate.decisions, "out_path": out_path, **self._common}
+        if self.options.inject is not None:
+            request["inject"] = self.options.inject(candidate)
         try:
             answer = worker.call(request, timeout=self.options.build_timeout)
         except WorkerDied as died:
             return {"ok": False, "error": f"build {died}", "status": Status.BUILD_ERROR}
+        finally:
+            self._workers.idle_builders.put(worker)
         answer["out_path"] = out_path
         return answer
 
@@ -237,6 +279,7 @@ class Measurer:
             "repeat": self.options.repeat,
             "min_repeat_ms": self.options.min_repeat_ms,
             "slow_secs": self.options.slow_secs,
+            "inject": self.options.inject(candidate) if self.options.inject is not None else None,
         }
         try:
             answer = self._runner.call(request, timeout=self._run_timeout)

@@ -23,6 +23,7 @@ class Status(str, Enum):
     RUN_ERROR = "run_error"
     TIMEOUT = "timeout"
     WRONG_RESULT = "wrong_result"
+    UNSTABLE = "unstable"  # ran correctly, but a re-measurement was far off its recorded latency
 
 
 @dataclass(frozen=True)

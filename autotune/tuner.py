@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 STRATEGIES = ("model", "random")
 SIMILAR_SEEDS = 8  # best schedules of a similar device measured first with similar=True
+RECHECK_TOLERANCE = 1.5  # a best whose re-measurement is off by more than this factor is flagged "unstable"
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class TuneResult:
     trials: tuple[TrialRecord, ...] = field(default=())
     baseline_latency: float | None = None
     wall_secs: float = 0.0
+    remeasured_latency: float | None = None  # the best, measured again (freshly built) before it was reported
 
     @property
     def best_latency(self) -> float | None:
@@ -111,10 +113,10 @@ def tune(
                     logger.info("search space exhausted after %d trials", len(measured))
                     break
                 measured += done
+            best, remeasured = task.verify_best()
             baseline = task.baseline
-        best = db.best(work.key, hw.key)
     mod = apply_record(work, best, config) if best else None
-    return TuneResult(work, hw, best, mod, tuple(measured), baseline, time.perf_counter() - start)
+    return TuneResult(work, hw, best, mod, tuple(measured), baseline, time.perf_counter() - start, remeasured)
 
 
 class TaskTuner:
@@ -169,6 +171,28 @@ class TaskTuner:
         self.search.tell(done)
         self._saved_on = _save_model(self.db, self.target, self.search, self._saved_on)
         return done
+
+    def verify_best(self, attempts: int = 3) -> tuple[TrialRecord | None, float | None]:
+        """Build and time the best record again before it is reported; returns it and its new latency.
+
+        A best whose re-measurement is off by more than RECHECK_TOLERANCE (either way), or that
+        no longer runs correctly, is marked "unstable" (kept, never best again) and the next best
+        is checked, up to `attempts` times. Records with only a trace (imported) are not re-run.
+        """
+        for _ in range(attempts):
+            best = self.db.best(self.workload.key, self.target.key)
+            if best is None or not best.decisions or best.latency is None or best.id is None:
+                return best, None
+            again = next(iter(self.measurer.measure([Candidate(best.decisions)])))
+            ratio = again.latency / best.latency if again.latency else None
+            flagged = ratio is None or not (1 / RECHECK_TOLERANCE <= ratio <= RECHECK_TOLERANCE)
+            self.db.commit_check(best.id, again, ratio, flagged)
+            if not flagged:
+                return best, again.latency
+            logger.warning("best record %d of %s re-measured %s (was %.4g ms): marked unstable", best.id,
+                           self.workload.name, f"{again.latency * 1e3:.4g} ms" if again.latency else again.status.value,
+                           best.latency * 1e3)
+        return self.db.best(self.workload.key, self.target.key), None
 
     def close(self) -> None:
         self.measurer.close()

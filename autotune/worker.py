@@ -27,8 +27,29 @@ _spaces: dict[str, SearchSpace] = {}
 _arrays: dict[str, dict[str, np.ndarray]] = {}
 
 
+# Faults a test can ask for (MeasureOptions.inject): what hostile generated code does, for real.
+FAULTS = ("segfault", "hang", "alloc", "wrong", "build_segfault", "build_hang")
+
+
+def inject_fault(kind: str | None) -> None:
+    """Misbehave as asked, inside this worker: crash, hang, or allocate without bound ("wrong" is applied later)."""
+    if kind in ("segfault", "build_segfault"):
+        import ctypes
+
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+    elif kind in ("hang", "build_hang"):
+        while True:
+            time.sleep(3600)
+    elif kind == "alloc":
+        hoard = []
+        while True:  # until the worker's memory limit (RLIMIT_AS) says no
+            hoard.append(np.empty(256 << 20, dtype=np.uint8))
+
+
 def build(req: dict[str, Any]) -> dict[str, Any]:
     """Apply the candidate's decisions, compile, and export a shared library to req["out_path"]."""
+    if str(req.get("inject", "")).startswith("build_"):
+        inject_fault(req["inject"])
     start = time.perf_counter()
     space = _space(req)
     sch = apply_candidate(space, Candidate(req["decisions"]))
@@ -54,6 +75,8 @@ def reference(req: dict[str, Any]) -> dict[str, Any]:
 
 def run(req: dict[str, Any]) -> dict[str, Any]:
     """Time a built candidate, then check the outputs of the timed runs against the reference."""
+    if req.get("inject") in ("segfault", "hang", "alloc"):
+        inject_fault(req["inject"])
     lib = tvm.runtime.load_module(req["lib_path"])
     expected = _reference_arrays(req["arrays_path"])
     outputs = set(req["outputs"])
@@ -69,6 +92,10 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
     repeat = req["repeat"] if once < req["slow_secs"] else max(2, req["repeat"] // 3)
     evaluator = lib.time_evaluator("main", dev, number=1, repeat=repeat, min_repeat_ms=req["min_repeat_ms"])
     latencies = list(evaluator(*args).results)
+    if req.get("inject") == "wrong":  # as if the timed code had written a wrong value
+        first = args[min(outputs)].numpy()
+        first.flat[0] += 1.0 + abs(first.flat[0])
+        args[min(outputs)] = tvm.runtime.tensor(first, dev)
     for i in sorted(outputs):
         got, want = args[i].numpy(), expected[f"arg{i}"]
         if not _close(got, want):
@@ -156,10 +183,22 @@ JOBS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
+def limit_memory() -> None:
+    """Cap this process's address space ($AUTOTUNE_WORKER_MEMORY_MB) so runaway code fails here, not the machine."""
+    limit_mb = int(os.environ.get("AUTOTUNE_WORKER_MEMORY_MB", "0") or 0)
+    if limit_mb > 0:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
+
+
 def main() -> None:
     """Serve requests until stdin closes. Protocol answers go to a private copy of stdout."""
+    limit_memory()
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints from TVM/LLVM must not corrupt the protocol
+    protocol.write(json.dumps({"ready": True}) + "\n")  # imports done: request timeouts start now
+    protocol.flush()
     for line in sys.stdin:
         req = json.loads(line)
         try:

@@ -1,4 +1,4 @@
-"""Shared fixtures: small workloads and a temporary database."""
+"""Shared fixtures: small workloads and a temporary database; the --soak option for the long fault tests."""
 
 from __future__ import annotations
 
@@ -25,3 +25,20 @@ def db_path(tmp_path):
 def db(db_path):
     with Database(db_path) as database:
         yield database
+
+
+def pytest_addoption(parser):
+    parser.addoption("--soak", action="store_true", help="also run the long fault-injection and kill soaks")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "soak: long fault-injection / kill soak; runs with --soak")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--soak"):
+        return
+    skip = pytest.mark.skip(reason="soak test: run with `python -m pytest --soak -m soak`")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
