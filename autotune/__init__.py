@@ -12,7 +12,7 @@ Public API::
         autotune.export_log(db, "fleet.jsonl"); autotune.import_log(db, "fleet.jsonl")
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from . import ops
 from .database import Database, default_database_path

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 STRATEGIES = ("model", "random")
 SIMILAR_SEEDS = 8  # best schedules of a similar device measured first with similar=True
+TRACES_NOT_TRUSTED = ("0.1.0",)  # autotune versions whose stored traces may belong to another candidate
 RECHECK_TOLERANCE = 1.5  # a best whose re-measurement is off by more than this factor is flagged "unstable"
 
 
@@ -272,15 +273,16 @@ def apply_record(workload: Workload, record: TrialRecord, config: SpaceConfig) -
 def replay_schedule(
     workload: Workload, record: TrialRecord, config: SpaceConfig, space: SearchSpace | None = None
 ) -> s_tir.Schedule:
-    """Replay a record on the workload, as a traced Schedule: its TVM trace when it has one, else its decisions.
+    """Replay a record on the workload, as a traced Schedule: its TVM trace, or its decisions.
 
-    The trace is what the measured schedule recorded and replays in ~2 ms (the decisions need
-    the space's analysis first, ~6 ms), which keeps lookups in compilation pipelines fast. Our
-    decisions are the stable format: they take over when a trace does not replay (a record
-    made by another TVM version). Records imported from MetaSchedule carry only a trace.
-    Pass `space` to reuse one SearchSpace over many records of the same workload.
+    The trace is what the measured schedule recorded and replays in ~2 ms, where the decisions
+    need the space's analysis first (~5-10 ms): the trace keeps lookups in compilation pipelines
+    fast. The decisions are what the measured library was built from and our stable format;
+    they are used when a trace does not replay (another TVM version) and for records of
+    autotune 0.1.0, whose concurrent builds could store another candidate's trace. Records
+    imported from MetaSchedule carry only a trace. Pass `space` to reuse one SearchSpace.
     """
-    if record.trace is not None:
+    if record.trace is not None and (_trace_trusted(record) or not record.decisions):
         try:
             return replay_trace(workload, record.trace)
         except AutotuneError:
@@ -290,6 +292,10 @@ def replay_schedule(
     if record.decisions:
         return apply_candidate(space or SearchSpace(workload, config), Candidate(record.decisions))
     raise AutotuneError(f"record {record.id} of {workload.name} has neither decisions nor a trace to replay")
+
+
+def _trace_trusted(record: TrialRecord) -> bool:
+    return record.versions.get("autotune") not in TRACES_NOT_TRUSTED
 
 
 def replay_trace(workload: Workload, trace: Any) -> s_tir.Schedule:

@@ -13,7 +13,8 @@ from autotune.errors import BudgetError
 from autotune.records import Status
 from autotune.search_space import SearchSpace
 from autotune.target import resolve_target
-from autotune.tuner import apply_record
+from autotune.search_space import apply_candidate, trace_json
+from autotune.tuner import apply_record, replay_trace
 
 from conftest import te_matmul
 
@@ -99,9 +100,16 @@ def test_a_record_with_only_a_trace_replays_to_the_same_schedule(db_path):
     tvm.ir.assert_structural_equal(apply_record(workload, trace_only, config), result.mod)
     with pytest.raises(autotune.AutotuneError, match="does not apply"):
         apply_record(ops.make("matmul", "16,16,16"), trace_only, config)
-    # A trace that no longer replays (another TVM version) falls back to the decisions.
+    # The decisions win over a trace that does not replay (another TVM version) or names another schedule.
     stale = dataclasses.replace(result.best, trace=[[["NoSuchInstruction", [], [], []]], []])
     tvm.ir.assert_structural_equal(apply_record(workload, stale, config), result.mod)
+    # autotune 0.1.0 could store another candidate's trace: for its records the decisions win.
+    default = SearchSpace(workload).default_candidate()
+    other_trace = trace_json(apply_candidate(SearchSpace(workload), default))
+    old = dataclasses.replace(result.best, trace=other_trace, versions={**result.best.versions, "autotune": "0.1.0"})
+    tvm.ir.assert_structural_equal(apply_record(workload, old, config), result.mod)
+    new = dataclasses.replace(old, versions=result.best.versions)  # a trusted trace is what gets applied
+    tvm.ir.assert_structural_equal(apply_record(workload, new, config), replay_trace(workload, other_trace).mod)
 
 
 @pytest.mark.parametrize("op, shape, options", [
