@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-import tvm
 import xgboost as xgb
 
 from .database import Database
@@ -25,7 +24,7 @@ from .records import TrialRecord
 from .search_space import Candidate, SearchSpace
 from .space_config import SpaceConfig
 from .target import HardwareTarget
-from .workload import as_workload
+from .workload import stored_workload
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +170,7 @@ def _features_of_records(
         if row is None:
             continue
         try:
-            space = SearchSpace(as_workload(tvm.script.from_source(row["script"]), name=row["name"]), config)
+            space = SearchSpace(stored_workload(row), config)
             extractor = FeatureExtractor(space, target)
             rows.append(extractor.extract([Candidate(r.decisions) for r in group]))
         except Exception as err:  # a record that no longer replays is skipped, not fatal

@@ -82,7 +82,8 @@ class Database:
     def commit_workload(self, workload: Any) -> None:
         """Store (or refresh) a workload, so that records can be traced back to the program tuned."""
         row = {"key": workload.key, "name": workload.name, "script": workload.script, "flops": float(workload.flops)}
-        row.update(args=_dumps([a.to_json() for a in workload.args]), created_at=time.time())
+        row.update(args=_dumps([a.to_json() for a in workload.args]), mod_json=workload.mod_json,
+                   created_at=time.time())
         self._db.table("workloads").upsert(row, pk="key")
 
     def commit_target(self, key: str, target_json: dict[str, Any], fingerprint: dict[str, Any]) -> None:
@@ -379,8 +380,13 @@ def _m005_checks(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_checks_trial ON checks (trial_id)")
 
 
+def _m006_workload_json(db: sqlite_utils.Database) -> None:
+    """Workloads in TVM's JSON too: read back without parsing TVMScript, which evaluates Python."""
+    db.execute("ALTER TABLE workloads ADD COLUMN mod_json TEXT")
+
+
 _MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
-    _m001_initial, _m002_models, _m003_trial_identity, _m004_sessions, _m005_checks,
+    _m001_initial, _m002_models, _m003_trial_identity, _m004_sessions, _m005_checks, _m006_workload_json,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

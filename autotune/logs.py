@@ -7,14 +7,17 @@ several machines that share records, adds each measurement once, and its `origin
 measured it) is kept.
 
 A log comes from another machine or person, so importing one never runs code from it: lines
-are plain JSON, checked field by field, keys are recomputed from the content they name, and no
-TVM object is parsed. The whole file is checked before anything is written; a bad line is an
-error naming its line number and the database is left as it was.
+are plain JSON, checked field by field, and keys are recomputed from the content they name.
+Workloads travel as TVM JSON (a data format), never parsed from TVMScript (whose parser
+evaluates Python expressions); they are read, and every trace replayed on its workload, in a
+worker process, so that input crafted to crash TVM crashes that worker and is reported. The
+whole file is checked before anything is written; a bad line is an error naming its line number
+and the database is left as it was.
 
 Format, one JSON object per line::
 
     {"type": "header", "format": "autotune-log", "version": 1, ...}
-    {"type": "workload", "key": ..., "name": ..., "script": ..., "flops": ..., "args": [...]}
+    {"type": "workload", "key": ..., "name": ..., "mod_json": ..., "script": ..., "flops": ..., "args": [...]}
     {"type": "target", "key": ..., "kind": ..., "target": {...}, "fingerprint": {...}}
     {"type": "trial", "workload_key": ..., "target_key": ..., "uid": ..., "decisions": {...}, ...}
 
@@ -23,23 +26,27 @@ Logs may be concatenated (`cat a.jsonl b.jsonl > all.jsonl`): a header may appea
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 from .database import Database
 from .errors import LogError
+from .measure import MeasureOptions, WorkerDied, WorkerProcess
 from .records import Status, TrialRecord
 from .target import HardwareTarget, fingerprint_differences, make_key
+from .workload import stored_workload
 
 LOG_FORMAT = "autotune-log"
-LOG_VERSION = 1
+LOG_VERSION = 2  # 2: workloads carry TVM JSON (mod_json); version 1 logs carried TVMScript only
 _MAX_ERROR_TEXT = 2000
+CHECK_TIMEOUT = 120.0  # seconds for the worker to read one workload and replay its traces
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,7 @@ def import_log(
         _check_known(database, trial, workloads, targets, f"{path} line {line}")
         if expect_target is not None and trial.target_key != expect_target.key:
             _refuse_other_device(database, trial, targets, expect_target, f"{path} line {line}")
+    trials = _check_in_worker(database, path, workloads, trials)
     added = database.merge_trials([t for _, t in trials], workloads.values(), targets.values())
     return MergeSummary(str(path), n_lines, len(trials), added, len(workloads), len(targets))
 
@@ -150,7 +158,9 @@ def _log_lines(database: Database, trials: list[TrialRecord]) -> Iterator[dict[s
     for key in dict.fromkeys(t.workload_key for t in trials):
         row = database.workload_row(key)
         if row is not None:
-            yield {"type": "workload", **{k: row[k] for k in ("key", "name", "script", "flops", "args")}}
+            if not row.get("mod_json"):  # a workload stored by autotune < 0.2: add its JSON now
+                row["mod_json"] = stored_workload(row).mod_json
+            yield {"type": "workload", **{k: row[k] for k in ("key", "name", "mod_json", "script", "flops", "args")}}
     for key in dict.fromkeys(t.target_key for t in trials):
         row = database.target_row(key)
         if row is not None:
@@ -195,13 +205,18 @@ def _check_header(data: dict[str, Any], where: str) -> None:
         raise LogError(f"{where}: the header's version must be an integer")
     if version > LOG_VERSION:
         raise LogError(f"{where}: log format {version} comes from a newer autotune (this one reads up to {LOG_VERSION})")
+    if version < LOG_VERSION:
+        raise LogError(f"{where}: log format {version} carries workloads as TVMScript only, which is not read from "
+                       "untrusted files (its parser runs Python); export the log again with autotune >= 0.2")
 
 
 def _workload_row(data: dict[str, Any], where: str) -> dict[str, Any]:
-    row = {k: _field(data, k, t, where) for k, t in (("key", str), ("name", str), ("script", str), ("args", list))}
+    fields = (("key", str), ("name", str), ("mod_json", str), ("script", str), ("args", list))
+    row = {k: _field(data, k, t, where) for k, t in fields}
     row["flops"] = _number(data, "flops", where)
     if hashlib.sha256(row["script"].encode()).hexdigest()[:20] != row["key"]:
         raise LogError(f"{where}: workload key {row['key']!r} does not match its script (edited or corrupted)")
+    row["line"] = int(where.rsplit(" ", 1)[-1])  # for errors found later, in the worker
     for arg in row["args"]:
         if not isinstance(arg, dict) or not {"name", "shape", "dtype", "is_output"} <= arg.keys():
             raise LogError(f"{where}: workload args must be objects with name, shape, dtype and is_output")
@@ -251,6 +266,72 @@ def _check_known(database: Database, trial: TrialRecord, workloads: dict[str, An
         raise LogError(f"{where}: the trial's workload {trial.workload_key} is neither in the log nor in the database")
     if trial.target_key not in targets and database.target_row(trial.target_key) is None:
         raise LogError(f"{where}: the trial's target {trial.target_key} is neither in the log nor in the database")
+
+
+def _check_in_worker(database: Database, path: Path, workloads: dict[str, dict[str, Any]],
+                     trials: list[tuple[int, TrialRecord]]) -> list[tuple[int, TrialRecord]]:
+    """Read each workload's TVM JSON and replay its trials' traces in a worker; recompute keys and scripts.
+
+    A workload that reads back as another function, or whose reading crashes the worker, is an
+    error naming its line; so is a trace that crashes TVM. A trace that merely does not replay is
+    dropped from a trial that has decisions (they are what the trial was built from), and is an
+    error for a trial that has only its trace.
+    """
+    by_workload: dict[str, list[tuple[int, TrialRecord]]] = {}
+    for line, trial in trials:
+        by_workload.setdefault(trial.workload_key, []).append((line, trial))
+    sources = dict(workloads)
+    for key in by_workload.keys() - sources.keys():  # trials of workloads this database already has
+        row = database.workload_row(key) or {}
+        sources[key] = {**row, "mod_json": row.get("mod_json") or stored_workload(row).mod_json}
+    checked: dict[int, TrialRecord] = {}
+    worker = _checker()
+    for key, row in sources.items():
+        where = f"{path} line {row.pop('line')}" if "line" in row else f"{path} (workload {key})"
+        group = by_workload.get(key, [])
+        answer = _ask_worker(worker, row, [t.trace for _, t in group], where, group)
+        if answer["key"] != key:
+            raise LogError(f"{where}: the workload's TVM JSON is another function (key {answer['key']}, not {key})")
+        if key in workloads:
+            row["script"] = answer["script"]  # what we render, not what the log says
+        for (line, trial), error in zip(group, answer["trace_errors"]):
+            if error is not None and trial.trace is not None and not trial.decisions:
+                raise LogError(f"{path} line {line}: the trial's trace does not replay on its workload: {error}")
+            checked[line] = replace(trial, trace=None) if error is not None and trial.trace is not None else trial
+    return [(line, checked.get(line, trial)) for line, trial in trials]
+
+
+@functools.lru_cache(maxsize=1)
+def _checker() -> WorkerProcess:
+    """The worker that reads imported TVM payloads, started once per process (it exits with it)."""
+    return WorkerProcess("log-check", threads=1, memory_mb=MeasureOptions().worker_memory_mb())
+
+
+def _ask_worker(worker: WorkerProcess, row: dict[str, Any], traces: list[Any], where: str,
+                group: list[tuple[int, TrialRecord]]) -> dict[str, Any]:
+    request = {"job": "check_workload", "mod_json": row["mod_json"], "name": row["name"]}
+    try:
+        answer = worker.call({**request, "traces": traces}, timeout=CHECK_TIMEOUT)
+    except WorkerDied as died:
+        _find_crashing_trace(worker, request, group, where)
+        raise LogError(f"{where}: reading the workload's TVM JSON crashed TVM ({died})") from None
+    if not answer.get("ok"):
+        raise LogError(f"{where}: the workload's TVM JSON cannot be read: {answer.get('error')}")
+    return answer
+
+
+def _find_crashing_trace(worker: WorkerProcess, request: dict[str, Any], group: list[tuple[int, TrialRecord]],
+                         where: str) -> None:
+    """After a crash, replay the traces one by one to name the line that crashed TVM."""
+    try:
+        worker.call({**request, "traces": []}, timeout=CHECK_TIMEOUT)
+    except WorkerDied:
+        return  # the workload itself crashes TVM: reported by the caller
+    for line, trial in group:
+        try:
+            worker.call({**request, "traces": [trial.trace]}, timeout=CHECK_TIMEOUT)
+        except WorkerDied as died:
+            raise LogError(f"{where.rsplit(' line ', 1)[0]} line {line}: the trial's trace crashed TVM ({died})") from None
 
 
 def _refuse_other_device(database: Database, trial: TrialRecord, targets: dict[str, Any], expected: HardwareTarget,

@@ -121,6 +121,7 @@ class WorkerProcess:
                 stderr=subprocess.DEVNULL,
                 text=True,
                 env=env,
+                start_new_session=True,  # a terminal's Ctrl-C stops the session, which then stops its workers
             )
         return self._proc
 

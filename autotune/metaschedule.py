@@ -31,13 +31,13 @@ from tvm.s_tir.meta_schedule.database import JSONDatabase, TuningRecord
 from tvm.s_tir.meta_schedule.database import Workload as MSWorkload
 
 from .database import Database, open_database
-from .errors import AutotuneError, DatabaseError, last_line
+from .errors import AutotuneError, DatabaseError, WorkloadError, last_line
 from .records import Status, TrialRecord
 from .search_space import SearchSpace, trace_json
 from .space_config import SpaceConfig, load_space_config
 from .target import HardwareTarget, resolve_target
 from .tuner import replay_schedule, replay_trace
-from .workload import Workload, as_workload
+from .workload import Workload, as_workload, stored_workload
 
 log = logging.getLogger(__name__)
 
@@ -264,14 +264,12 @@ def _target_key(db: Database, target: Any) -> str:
 
 
 def _stored_workload(db: Database, key: str) -> Workload | None:
-    """The workload rebuilt from its stored TVMScript; None (logged) when it does not round-trip."""
+    """The stored workload (see workload.stored_workload); None (logged) when it cannot be read back."""
     row = db.workload_row(key)
+    if row is None:
+        return None
     try:
-        work = as_workload(tvm.script.from_source(row["script"]), name=row["name"]) if row else None
-    except Exception as err:  # the TVMScript parser raises its own diagnostics
-        log.warning("workload %s not exported: its stored script does not parse (%s)", key, last_line(err))
+        return stored_workload(row)
+    except WorkloadError as err:
+        log.warning("workload %s not exported: %s", key, err)
         return None
-    if work is not None and work.key != key:
-        log.warning("workload %s not exported: its stored script parses to another workload (%s)", key, work.key)
-        return None
-    return work

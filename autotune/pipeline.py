@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import tvm
@@ -35,7 +35,7 @@ from .records import TrialRecord
 from .space_config import SpaceConfig, load_space_config
 from .target import HardwareTarget, resolve_target
 from .tuner import apply_record, replay_schedule
-from .workload import Workload, as_workload
+from .workload import Workload, as_workload, stored_workload
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class AutotuneDatabase(PyDatabase):
             row = self.db.workload_row(key)
             if row is None:  # trials merged without their workload: nothing to replay them on
                 continue
-            work = replace(as_workload(tvm.script.from_source(row["script"]), name=row["name"]), key=key)
+            work = stored_workload(row)
             ms_workload = MSWorkload(work.mod)
             records += [self._tuning_record(ms_workload, work, r) for r in self.db.top_k(key, self.hw.key, 1 << 30)]
         return records

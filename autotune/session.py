@@ -27,14 +27,14 @@ import tvm
 
 from .cost_model import warm_start
 from .database import Database, open_database
-from .errors import BudgetError, ModelError
+from .errors import BudgetError, ModelError, WorkloadError
 from .measure import MeasureOptions, WorkerPool
 from .model import extract_tasks
 from .scheduler import SCHEDULERS, TaskScheduler, TaskState
 from .space_config import SpaceConfig, load_space_config
 from .target import HardwareTarget, resolve_target
 from .tuner import STRATEGIES, TaskTuner, check_budget
-from .workload import Workload, as_workload
+from .workload import Workload, stored_workload
 
 logger = logging.getLogger(__name__)
 
@@ -312,10 +312,10 @@ def _stored_workload(db: Database, key: str, name: str) -> Workload:
     row = db.workload_row(key)
     if row is None:
         raise ModelError(f"the database lost workload {key} of this session")
-    work = as_workload(tvm.script.from_source(row["script"]), name=name)
-    if work.key != key:
-        raise ModelError(f"workload {key} no longer parses to itself (key {work.key}); was autotune upgraded?")
-    return work
+    try:
+        return stored_workload({**row, "name": name})
+    except WorkloadError as err:
+        raise ModelError(f"session workload {name}: {err}") from None
 
 
 class _session_log:

@@ -142,6 +142,25 @@ def torch_model(req: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "latencies": latencies}
 
 
+def check_workload(req: dict[str, Any]) -> dict[str, Any]:
+    """Read an imported workload from TVM JSON and replay its trials' traces on it (untrusted input).
+
+    Here, not in the importing process, because TVM's parsers may crash on crafted input. Answers
+    the workload's key and TVMScript as autotune computes them, and an error text (or None) per trace.
+    """
+    from .tuner import replay_trace
+
+    work = as_workload(tvm.ir.load_json(req["mod_json"]), name=req.get("name"))
+    errors = []
+    for trace in req["traces"]:
+        try:
+            replay_trace(work, trace)
+            errors.append(None)
+        except Exception as err:  # a trace that does not fit is data, reported per trace
+            errors.append(_describe(err))
+    return {"ok": True, "key": work.key, "script": work.script, "trace_errors": errors}
+
+
 def _flatten(value: Any) -> list[Any]:
     if isinstance(value, tvm.runtime.Tensor):
         return [value]
@@ -180,6 +199,7 @@ def _reference_arrays(path: str) -> dict[str, np.ndarray]:
 
 JOBS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "build": build, "reference": reference, "run": run, "model": model, "torch_model": torch_model,
+    "check_workload": check_workload,
 }
 
 
@@ -192,8 +212,23 @@ def limit_memory() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
 
 
+def die_with_parent() -> None:
+    """Have Linux kill this worker when its parent dies (even by SIGKILL): no orphan stays hung in generated code."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+
+
 def main() -> None:
     """Serve requests until stdin closes. Protocol answers go to a private copy of stdout."""
+    die_with_parent()
     limit_memory()
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints from TVM/LLVM must not corrupt the protocol

@@ -62,6 +62,11 @@ class Workload:
     def outputs(self) -> tuple[ArgInfo, ...]:
         return tuple(a for a in self.args if a.is_output)
 
+    @property
+    def mod_json(self) -> str:
+        """The module in TVM's JSON format: how the cache stores it, since reading it back runs no code."""
+        return tvm.ir.save_json(self.mod)
+
     def random_inputs(self, seed: int = 0) -> list[np.ndarray]:
         """Deterministic random values for every argument (outputs zero-filled)."""
         rng = np.random.default_rng(seed)
@@ -87,6 +92,26 @@ def as_workload(obj: Any, name: str | None = None) -> Workload:
     if not any(a.is_output for a in args):
         raise WorkloadError("the function writes none of its arguments, so it has no output to tune")
     return Workload(name=name or _default_name(func), mod=mod, key=key, flops=_flops(mod), args=args)
+
+
+def stored_workload(row: dict[str, Any]) -> Workload:
+    """A workload row of the cache (Database.workload_row) back as a Workload, checked against its key.
+
+    Read from TVM's JSON (a data format) when the row has it. Never from the TVMScript text of a
+    row that came from elsewhere: parsing TVMScript evaluates Python expressions, so a crafted
+    script would run code. Only rows written by autotune < 0.2 on this machine lack the JSON.
+    """
+    try:
+        if row.get("mod_json"):
+            mod = tvm.ir.load_json(row["mod_json"])
+        else:
+            mod = tvm.script.from_source(row["script"])
+    except Exception as err:  # TVM's parsers raise their own error types
+        raise WorkloadError(f"stored workload {row.get('key')} cannot be read: {last_line(err)}") from None
+    work = as_workload(mod, name=row.get("name"))
+    if work.key != row.get("key"):
+        raise WorkloadError(f"stored workload {row.get('key')} reads back as another function (key {work.key})")
+    return work
 
 
 # ---------------------------------------------------------------------------------------------

@@ -229,3 +229,44 @@ def test_exact_reuse_refuses_a_log_of_another_device_and_says_what_differs(tuned
         autotune.apply_best(result.workload, target=here, database=fleet, strict=True)
     assert main(["best", "matmul", "--shape", SHAPE, "--db", str(fleet)]) == 1
     assert "'Another CPU' there" in capsys.readouterr().out
+
+
+def test_a_crafted_workload_script_is_never_run_and_its_json_must_match_its_key(tuned, tmp_path):
+    """TVMScript parsing evaluates Python: a log's script is never parsed; its TVM JSON is read in a worker."""
+    _, _, log = tuned
+    lines = log.read_text().splitlines()
+    marker = tmp_path / "pwned"
+    workload = json.loads(lines[1])
+    evil = workload["script"].replace('T.func_attr({', f'T.func_attr({{"x": __import__("os").system("touch {marker}"), ', 1)
+    assert evil != workload["script"]
+    import hashlib
+
+    evil_key = hashlib.sha256(evil.encode()).hexdigest()[:20]  # an attacker can make key and script agree
+    lines[1] = json.dumps({**workload, "script": evil, "key": evil_key})
+    lines[3:] = [json.dumps({**json.loads(x), "workload_key": evil_key}) for x in lines[3:]]
+    bad = _write(tmp_path / "evil.jsonl", lines)
+    with Database(tmp_path / "t.db") as db:
+        with pytest.raises(LogError, match=r"line 2: the workload's TVM JSON is another function"):
+            import_log(db, bad)
+        assert db.stats()["trials"] == 0
+    assert not marker.exists()
+    # TVM JSON that TVM cannot read is refused with its line, and a version-1 log (TVMScript only) too.
+    lines = log.read_text().splitlines()
+    lines[1] = json.dumps({**json.loads(lines[1]), "mod_json": '{"root": 1, "nodes": [{"type_key": "NoSuchNode"}]}'})
+    with Database(tmp_path / "t.db") as db:
+        with pytest.raises(LogError, match=r"line 2: the workload's TVM JSON (cannot be read|crashed TVM)"):
+            import_log(db, _write(tmp_path / "garbage.jsonl", lines))
+        old = [json.dumps({**json.loads(log.read_text().splitlines()[0]), "version": 1})]
+        with pytest.raises(LogError, match=r"line 1: log format 1 carries workloads as TVMScript only"):
+            import_log(db, _write(tmp_path / "v1.jsonl", old + log.read_text().splitlines()[1:]))
+
+
+def test_a_trace_that_does_not_replay_is_dropped_from_a_trial_with_decisions(tuned, tmp_path):
+    result, _, log = tuned
+    lines = log.read_text().splitlines()
+    trial = json.loads(lines[4])
+    lines[4] = json.dumps({**trial, "trace": [[["GetSBlock", [], ["no_such_block", "main"], ["b0"]]], []]})
+    with Database(tmp_path / "t.db") as db:
+        assert import_log(db, _write(tmp_path / "t.jsonl", lines)).added == 4
+        kept = next(r for r in db.trials() if r.uid == trial["uid"])
+        assert kept.trace is None and kept.decisions == trial["decisions"]

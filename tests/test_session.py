@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+import autotune
 from autotune.cli import main
 from autotune.database import Database
 from autotune.errors import BudgetError, ModelError
@@ -240,3 +241,22 @@ def test_the_tuned_model_is_built_timed_and_checked_against_pytorch(tmp_path, ca
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(out)), tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(x.numpy()))[0].numpy()
     np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_ctrl_c_stops_the_session_with_a_summary_and_it_resumes(tmp_path):
+    model = onnx_model(tmp_path / "mlp.onnx")
+    db = tmp_path / "c.db"
+    command = [sys.executable, "-m", "autotune.cli", "tune-model", str(model), "--trials", "200", "--batch-size", "2",
+               "--db", str(db), "--no-evaluate", "--seed", "0"]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_trials(db, at_least=4, process=child)  # two batches: the table was printed at least once
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err[-2000:]
+    assert "resume with: autotune resume 1" in err and "session 1 [running]" in out
+    with Database(db) as database:
+        progress = session_progress(database, 1)
+        assert progress.status == "stopped" and 4 <= progress.trials_done < 200
+        statuses = {r.status for r in database.trials()}
+    assert statuses == {autotune.Status.OK}  # the interrupt recorded no bogus crash
+    assert main(["resume", "1", "--trials", str(progress.trials_done + 2), "--db", str(db), "--no-evaluate"]) == 0
