@@ -70,6 +70,7 @@ def test_injected_faults_are_recorded_and_never_best(tmp_path):
 @pytest.mark.soak
 def test_soak_100_injected_faults_in_one_session(tmp_path):
     injected = run_with_faults(tmp_path, trials=130, share_ok=0.15)
+    print(f"\ninjected faults survived: {dict(injected)}")
     assert sum(n for kind, n in injected.items() if kind) >= 100
 
 
@@ -98,6 +99,7 @@ def kill_and_resume(tmp_path, kills: int, budget: int, seed: int = 0):
     script = tmp_path / "session.py"
     script.write_text(SESSION_SCRIPT)
     seen: set[str] = set()
+    done = 0
     for _ in range(kills):
         child = subprocess.Popen([sys.executable, str(script), str(db_path), str(budget)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -107,10 +109,13 @@ def kill_and_resume(tmp_path, kills: int, budget: int, seed: int = 0):
             break  # finished its budget before the kill
         child.send_signal(signal.SIGKILL)
         child.wait()
+        done += 1
         seen = _check_database(db_path, seen)
     subprocess.run([sys.executable, str(script), str(db_path), str(budget)], check=True, capture_output=True)
     seen = _check_database(db_path, seen)
     assert len(seen) == budget  # the budget counted what was done before each kill
+    print(f"\n{done} SIGKILLs survived; {budget} trials, none lost or repeated")
+    return done
 
 
 def _wait_for_more_trials(db_path, count: int, child, timeout: float = 120) -> None:
@@ -137,12 +142,12 @@ def _check_database(db_path, before: set[str]) -> set[str]:
 
 
 def test_repeated_sigkill_loses_nothing_and_repeats_nothing(tmp_path):
-    kill_and_resume(tmp_path, kills=4, budget=16)
+    assert kill_and_resume(tmp_path, kills=4, budget=24) == 4
 
 
 @pytest.mark.soak
 def test_soak_25_sigkills(tmp_path):
-    kill_and_resume(tmp_path, kills=25, budget=60, seed=1)
+    assert kill_and_resume(tmp_path, kills=25, budget=120, seed=1) == 25
 
 
 # -- concurrent writers -----------------------------------------------------------------------
