@@ -106,11 +106,13 @@ def test_workload_and_target_upsert(db):
     from autotune.workload import ArgInfo  # imports TVM; kept out of the module for the spawned writers
 
     args = (ArgInfo("A", (4, 8), "float32", False), ArgInfo("C", (4, 4), "float32", True))
-    workload = SimpleNamespace(key="k1", name="mm", script="# from tvm.script ...", flops=256.0, args=args)
+    workload = SimpleNamespace(key="k1", name="mm", script="# from tvm.script ...", flops=256.0, args=args,
+                               mod_json='{"root": 1}')
     db.commit_workload(workload)
     db.commit_workload(SimpleNamespace(**{**vars(workload), "name": "matmul"}))
     row = db.workload_row("k1")
     assert row["name"] == "matmul" and row["flops"] == 256.0 and row["script"] == workload.script
+    assert row["mod_json"] == workload.mod_json
     assert [ArgInfo.from_json(a) for a in row["args"]] == list(args)
     assert db.workload_row("missing") is None
 
