@@ -43,6 +43,18 @@ def copy_to_device(db: Database, records, device: HardwareTarget) -> None:
     db.merge_trials([dataclasses.replace(r, target_key=device.key, uid=uuid.uuid4().hex, id=None) for r in records])
 
 
+def log_of_other_device(tuned, tmp_path):
+    """The tuned records copied to a faked second device and exported: (this target, that device, log)."""
+    result, source_db, _ = tuned
+    here, device = result.target, other_device(result.target)
+    db_path, log = tmp_path / "other.db", tmp_path / "other.jsonl"
+    with Database(source_db) as src, Database(db_path) as db:
+        db.commit_workload(result.workload)
+        copy_to_device(db, src.trials(result.workload.key, here.key), device)
+        export_log(db, log, target_key=device.key)
+    return here, device, log
+
+
 def count(db_path) -> int:
     with Database(db_path) as db:
         return db.stats()["trials"]
@@ -85,14 +97,8 @@ def test_importing_twice_adds_nothing_and_logs_of_two_machines_merge(tuned, tmp_
 
 
 def test_records_of_another_device_are_never_applied_silently(tuned, tmp_path, capsys):
-    result, source_db, _ = tuned
-    here = result.target
-    device = other_device(here)
-    db_path, log = tmp_path / "other.db", tmp_path / "other.jsonl"
-    with Database(source_db) as src, Database(db_path) as db:
-        db.commit_workload(result.workload)
-        copy_to_device(db, src.trials(result.workload.key, here.key), device)
-        export_log(db, log, target_key=device.key)
+    result, _, _ = tuned
+    here, device, log = log_of_other_device(tuned, tmp_path)
     fleet = tmp_path / "fleet.db"
     with Database(fleet) as db:
         assert import_log(db, log).added == 4
@@ -208,14 +214,8 @@ def test_the_shipped_demo_log_imports_and_applies_on_its_own_hardware_only(tmp_p
 
 
 def test_exact_reuse_refuses_a_log_of_another_device_and_says_what_differs(tuned, tmp_path, capsys):
-    result, source_db, _ = tuned
-    here = result.target
-    device = other_device(here)
-    db_path, log = tmp_path / "other.db", tmp_path / "other.jsonl"
-    with Database(source_db) as src, Database(db_path) as db:
-        db.commit_workload(result.workload)
-        copy_to_device(db, src.trials(result.workload.key, here.key), device)
-        export_log(db, log, target_key=device.key)
+    result, _, _ = tuned
+    here, device, log = log_of_other_device(tuned, tmp_path)
     fleet = tmp_path / "fleet.db"
     with Database(fleet) as db:
         with pytest.raises(LogError, match=r"line 4: the trial was measured on another device .*ISA: it needs "
