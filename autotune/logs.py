@@ -26,7 +26,6 @@ Logs may be concatenated (`cat a.jsonl b.jsonl > all.jsonl`): a header may appea
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -38,7 +37,7 @@ from typing import Any, Iterator
 
 from .database import Database
 from .errors import LogError
-from .measure import MeasureOptions, WorkerDied, WorkerProcess
+from .measure import WorkerDied, WorkerProcess, untrusted_input_worker
 from .records import Status, TrialRecord
 from .target import HardwareTarget, fingerprint_differences, make_key
 from .workload import stored_workload
@@ -285,7 +284,7 @@ def _check_in_worker(database: Database, path: Path, workloads: dict[str, dict[s
         row = database.workload_row(key) or {}
         sources[key] = {**row, "mod_json": row.get("mod_json") or stored_workload(row).mod_json}
     checked: dict[int, TrialRecord] = {}
-    worker = _checker()
+    worker = untrusted_input_worker()
     for key, row in sources.items():
         where = f"{path} line {row.pop('line')}" if "line" in row else f"{path} (workload {key})"
         group = by_workload.get(key, [])
@@ -299,12 +298,6 @@ def _check_in_worker(database: Database, path: Path, workloads: dict[str, dict[s
                 raise LogError(f"{path} line {line}: the trial's trace does not replay on its workload: {error}")
             checked[line] = replace(trial, trace=None) if error is not None and trial.trace is not None else trial
     return [(line, checked.get(line, trial)) for line, trial in trials]
-
-
-@functools.lru_cache(maxsize=1)
-def _checker() -> WorkerProcess:
-    """The worker that reads imported TVM payloads, started once per process (it exits with it)."""
-    return WorkerProcess("log-check", threads=1, memory_mb=MeasureOptions().worker_memory_mb())
 
 
 def _ask_worker(worker: WorkerProcess, row: dict[str, Any], traces: list[Any], where: str,

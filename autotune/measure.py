@@ -10,6 +10,7 @@ takes its place. Every timed run is checked against the untuned reference on the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -291,6 +292,17 @@ class Measurer:
         status = Status(answer["status"]) if answer.get("status") in Status._value2member_map_ else Status.RUN_ERROR
         latencies = tuple(answer.get("latencies") or ())
         return TrialRecord(status=status, latencies=latencies, error=answer.get("error", ""), **record)
+
+
+@functools.lru_cache(maxsize=1)
+def untrusted_input_worker() -> WorkerProcess:
+    """The worker that parses TVM payloads from other machines (logs, MetaSchedule databases).
+
+    TVM's JSON reader and printer can crash on crafted input (seen: a mutated module JSON
+    segfaults in its printer), so untrusted payloads are read here, never in the caller. Started
+    once per process, restarted after a crash, and gone when the process exits.
+    """
+    return WorkerProcess("untrusted-input", threads=1, memory_mb=MeasureOptions().worker_memory_mb())
 
 
 def versions() -> dict[str, str]:

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,10 +33,11 @@ from tvm.s_tir.meta_schedule.database import Workload as MSWorkload
 
 from .database import Database, open_database
 from .errors import AutotuneError, DatabaseError, WorkloadError, last_line
+from .measure import WorkerDied, untrusted_input_worker
 from .records import Status, TrialRecord
 from .search_space import SearchSpace, trace_json
 from .space_config import SpaceConfig, load_space_config
-from .target import HardwareTarget, resolve_target
+from .target import resolve_target
 from .tuner import replay_schedule, replay_trace
 from .workload import Workload, as_workload, stored_workload
 
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 MS_FAILED_SECS = 1e10  # MetaSchedule's run time for a candidate that failed to build or run
+PARSE_TIMEOUT = 600.0  # seconds for the worker to parse a MetaSchedule database and replay its traces
 DbArg = str | os.PathLike[str] | Database | None
 
 
@@ -76,30 +79,59 @@ def import_metaschedule(
     """
     hw = resolve_target(target)
     record_path = Path(record_path)
+    request = {"job": "metaschedule_import", "workload_path": str(workload_path), "record_path": str(record_path),
+               "target_key": hw.key, "target_kind": hw.kind, "strict": strict}
+    try:  # TVM parses MetaSchedule's JSON, and crafted JSON can crash it: that happens in a worker
+        parsed = untrusted_input_worker().call(request, timeout=PARSE_TIMEOUT)
+    except WorkerDied as died:
+        raise DatabaseError(f"{record_path}: reading the MetaSchedule database crashed TVM ({died}); "
+                            "a corrupt or crafted file?") from None
+    if not parsed.get("ok"):
+        raise DatabaseError(parsed.get("error") or f"{record_path}: cannot be imported")
+    for reason in parsed["rejected"]:
+        log.warning("not imported: %s", reason)
+    records = [TrialRecord.from_json(r) for r in parsed["records"]]
+    keys = tuple(dict.fromkeys(r.workload_key for r in records))
+    workloads = [{**row, "created_at": time.time()} for row in parsed["workloads"] if row["key"] in keys]
+    with open_database(database) as db:
+        db.commit_target(hw.key, hw.target_json(), hw.fingerprint)
+        added = db.merge_trials(records, workloads)
+    return MetaScheduleSummary(str(record_path), parsed["read"], added, len(records) - added,
+                               tuple(parsed["rejected"]), keys)
+
+
+def parse_metaschedule(workload_path: str, record_path: str, target_key: str, target_kind: str,
+                       strict: bool = False) -> dict[str, Any]:
+    """The records of a MetaSchedule JSON database as plain data (what `import_metaschedule` merges).
+
+    Runs in a worker process (worker job "metaschedule_import"): it parses TVM objects.
+    """
+    path = Path(record_path)
     ms_workloads = [_ms_workload(obj, where) for where, obj in _json_lines(Path(workload_path))]
     works: dict[int, Workload | str] = {}
     records: list[TrialRecord] = []
     rejected: list[str] = []
     read = 0
-    for where, obj in _json_lines(record_path):
+    for where, obj in _json_lines(path):
         read += 1
         index, body = _record_fields(obj, where, len(ms_workloads))
         if index not in works:
             works[index] = _our_workload(ms_workloads[index])
         try:
-            records.append(_trial(works[index], ms_workloads[index], body, hw, record_path.name))
+            records.append(_trial(works[index], ms_workloads[index], body, target_key, target_kind, path.name))
         except AutotuneError as err:
             if strict:
                 raise DatabaseError(f"{where}: {err}") from err
             rejected.append(f"{where}: {err}")
-            log.warning("not imported: %s: %s", where, err)
-    keys = tuple(dict.fromkeys(r.workload_key for r in records))
-    with open_database(database) as db:
-        for work in {w.key: w for w in works.values() if isinstance(w, Workload) and w.key in keys}.values():
-            db.commit_workload(work)
-        db.commit_target(hw.key, hw.target_json(), hw.fingerprint)
-        added = db.merge_trials(records)
-    return MetaScheduleSummary(str(record_path), read, added, len(records) - added, tuple(rejected), keys)
+    rows = [_workload_row(w) for w in {w.key: w for w in works.values() if isinstance(w, Workload)}.values()]
+    return {"ok": True, "read": read, "records": [r.to_json() for r in records], "rejected": rejected,
+            "workloads": rows}
+
+
+def _workload_row(work: Workload) -> dict[str, Any]:
+    """The workloads-table row of a workload, with JSON columns as text (as Database.merge_trials takes them)."""
+    return {"key": work.key, "name": work.name, "script": work.script, "flops": float(work.flops),
+            "args": [a.to_json() for a in work.args], "mod_json": work.mod_json}
 
 
 def export_metaschedule(
@@ -199,20 +231,21 @@ def _our_workload(ms_work: MSWorkload) -> Workload | str:
         return f"workload not supported: {err}"
 
 
-def _trial(work: Workload | str, ms_work: MSWorkload, body: list[Any], hw: HardwareTarget, file: str) -> TrialRecord:
+def _trial(work: Workload | str, ms_work: MSWorkload, body: list[Any], target_key: str, target_kind: str,
+           file: str) -> TrialRecord:
     if isinstance(work, str):
         raise AutotuneError(work)
     ms_target = body[2] if len(body) > 2 else None
-    if isinstance(ms_target, dict) and ms_target.get("kind") not in (None, hw.kind):
-        raise AutotuneError(f"measured for target kind {ms_target.get('kind')}, importing as {hw.kind}")
+    if isinstance(ms_target, dict) and ms_target.get("kind") not in (None, target_kind):
+        raise AutotuneError(f"measured for target kind {ms_target.get('kind')}, importing as {target_kind}")
     trace = _replayed(work, _on_main(body[0], _func_name(ms_work.mod)))
     numbers = isinstance(body[1], list) and all(type(x) in (int, float) for x in body[1])
     run_secs = [float(x) for x in body[1]] if numbers else []
     ok = bool(run_secs) and all(0 < x < MS_FAILED_SECS and math.isfinite(x) for x in run_secs)
     trace_text = json.dumps(trace, sort_keys=True)
-    uid_text = json.dumps([work.key, hw.key, trace, run_secs], sort_keys=True)
+    uid_text = json.dumps([work.key, target_key, trace, run_secs], sort_keys=True)
     return TrialRecord(
-        workload_key=work.key, target_key=hw.key, candidate_key=_hash(trace_text, 20), decisions={},
+        workload_key=work.key, target_key=target_key, candidate_key=_hash(trace_text, 20), decisions={},
         status=Status.OK if ok else Status.RUN_ERROR, latencies=tuple(run_secs) if ok else (), trace=trace,
         error="" if ok else f"MetaSchedule recorded no successful run (run_secs {body[1]})",
         versions={"tool": "metaschedule"}, uid=_hash(uid_text, 32), origin=f"metaschedule:{file}",

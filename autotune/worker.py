@@ -161,6 +161,18 @@ def check_workload(req: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "key": work.key, "script": work.script, "trace_errors": errors}
 
 
+def metaschedule_import(req: dict[str, Any]) -> dict[str, Any]:
+    """Parse a MetaSchedule JSON database into plain records (see metaschedule.import_metaschedule)."""
+    from .errors import AutotuneError
+    from .metaschedule import parse_metaschedule
+
+    try:
+        return parse_metaschedule(req["workload_path"], req["record_path"], req["target_key"], req["target_kind"],
+                                  bool(req.get("strict")))
+    except AutotuneError as err:  # the caller raises it again, as the same one-line error
+        return {"ok": False, "error": str(err)}
+
+
 def _flatten(value: Any) -> list[Any]:
     if isinstance(value, tvm.runtime.Tensor):
         return [value]
@@ -199,7 +211,7 @@ def _reference_arrays(path: str) -> dict[str, np.ndarray]:
 
 JOBS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "build": build, "reference": reference, "run": run, "model": model, "torch_model": torch_model,
-    "check_workload": check_workload,
+    "check_workload": check_workload, "metaschedule_import": metaschedule_import,
 }
 
 

@@ -270,3 +270,18 @@ def test_a_trace_that_does_not_replay_is_dropped_from_a_trial_with_decisions(tun
         assert import_log(db, _write(tmp_path / "t.jsonl", lines)).added == 4
         kept = next(r for r in db.trials() if r.uid == trial["uid"])
         assert kept.trace is None and kept.decisions == trial["decisions"]
+
+
+def test_a_workload_that_crashes_tvm_is_reported_not_fatal(tuned, tmp_path):
+    """tests/data/crashing_module.json: a mutated module JSON that segfaults TVM's printer (found by fuzzing)."""
+    from pathlib import Path
+
+    crashing = (Path(__file__).parent / "data" / "crashing_module.json").read_text()
+    _, _, log = tuned
+    lines = log.read_text().splitlines()
+    lines[1] = json.dumps({**json.loads(lines[1]), "mod_json": crashing})
+    with Database(tmp_path / "t.db") as db:
+        with pytest.raises(LogError, match=r"line 2: reading the workload's TVM JSON crashed TVM"):
+            import_log(db, _write(tmp_path / "crash.jsonl", lines))
+        assert db.stats()["trials"] == 0
+        assert import_log(db, log).added == 4  # the checker worker came back for the next import

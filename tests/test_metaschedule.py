@@ -7,6 +7,7 @@ No MetaSchedule tuning run (seconds per trial): records come from a 3-trial run 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import tvm
@@ -191,3 +192,19 @@ def test_cli_moves_records_to_metaschedule_and_back(tuned, tmp_path, capsys):
     assert "3 added" in capsys.readouterr().out
     assert main(["cache", "import-ms", str(tmp_path / "nowhere"), "--db", str(back)]) == 2
     tvm.ir.assert_structural_equal(autotune.apply_best(workload, database=back), result.mod)
+
+
+def test_a_metaschedule_database_that_crashes_tvm_is_an_error_not_a_crash(tmp_path):
+    import base64
+    import struct
+
+    crashing = (Path(__file__).parent / "data" / "crashing_module.json").read_bytes()
+    payload = base64.b64encode(struct.pack("<Q", len(crashing)) + crashing).decode()
+    folder = tmp_path / "ms"
+    folder.mkdir()
+    (folder / WORKLOAD_FILE).write_text(json.dumps(["0", payload]) + "\n")
+    (folder / RECORD_FILE).write_text(json.dumps([0, [[[], []], [0.001], {"kind": "llvm"}, []]]) + "\n")
+    with pytest.raises(DatabaseError, match="crashed TVM"):
+        import_metaschedule(*_files(folder), tmp_path / "t.db", "llvm")
+    with Database(tmp_path / "t.db") as db:
+        assert db.stats()["trials"] == 0
