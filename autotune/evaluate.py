@@ -59,12 +59,16 @@ def build_session(session: int, database: str | os.PathLike[str] | Database | No
     """The session's model built for the target: (executable, kernels scheduled, kernels left untuned)."""
     hw = resolve_target(target)
     with open_database(database) as db:
-        mod = load_session_model(db, session)
-        applied: tuple[str, ...] = ()
-        untuned: tuple[str, ...] = ()
-        if tuned:
-            mod, report = apply_database(mod, hw, db)
-            applied, untuned = report.applied, report.untuned
+        return _build(load_session_model(db, session), hw, db if tuned else None)
+
+
+def _build(mod: tvm.IRModule, hw: HardwareTarget, db: Database | None) -> tuple[Any, tuple[str, ...], tuple[str, ...]]:
+    """Build a lowered model, with the best kernels of `db` applied (none when db is None)."""
+    applied: tuple[str, ...] = ()
+    untuned: tuple[str, ...] = ()
+    if db is not None:
+        mod, report = apply_database(mod, hw, db)
+        applied, untuned = report.applied, report.untuned
     return tvm.compile(mod, target=hw.target, relax_pipeline="default"), applied, untuned
 
 
@@ -86,8 +90,8 @@ def evaluate_session(
     with open_database(database) as db:
         mod = load_session_model(db, session)
         source = (db.session(session) or {}).get("options", {}).get("source", "")
-        tuned_ex, applied, untuned_kernels = build_session(session, db, hw)
-        untuned_ex, _, _ = build_session(session, db, hw, tuned=False)
+        tuned_ex, applied, untuned_kernels = _build(mod, hw, db)  # the model is read once, built twice
+        untuned_ex, _, _ = _build(mod, hw, None)
     inputs = random_model_inputs(mod, seed)
     reference = reference if reference is not None else _pt2_reference(source)
     with tempfile.TemporaryDirectory(prefix="autotune-model-") as tmp:
