@@ -10,9 +10,10 @@ Public API::
     autotune.tune_model(session=session.session_id)          # resume after Ctrl-C or kill -9
     with autotune.Database() as db:
         autotune.export_log(db, "fleet.jsonl"); autotune.import_log(db, "fleet.jsonl")
+    autotune.tune(..., rpc=autotune.RpcOptions("127.0.0.1:9190", "my-board"))  # measure on a TVM RPC fleet
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from . import ops
 from .database import Database, default_database_path
@@ -20,6 +21,7 @@ from .errors import (
     AutotuneError,
     BudgetError,
     DatabaseError,
+    FleetError,
     LogError,
     ModelError,
     SearchSpaceError,
@@ -29,6 +31,7 @@ from .errors import (
     WorkloadError,
 )
 from .evaluate import ModelReport, build_session, evaluate_session
+from .fleet import DeviceQueue, RpcOptions, describe_device, fleet_status, fleet_target
 from .logs import MergeSummary, export_log, import_log
 from .measure import MeasureOptions
 from .model import ModelTasks, Task, extract_tasks, load_model
@@ -50,6 +53,8 @@ __all__ = [
     "Candidate",
     "Database",
     "DatabaseError",
+    "DeviceQueue",
+    "FleetError",
     "HardwareTarget",
     "LogError",
     "MeasureOptions",
@@ -58,6 +63,7 @@ __all__ = [
     "ModelError",
     "ModelReport",
     "ModelTasks",
+    "RpcOptions",
     "Progress",
     "SearchSpace",
     "SearchSpaceError",
@@ -79,10 +85,13 @@ __all__ = [
     "build_session",
     "compile",
     "default_database_path",
+    "describe_device",
     "evaluate_session",
     "export_log",
     "export_metaschedule",
     "extract_tasks",
+    "fleet_status",
+    "fleet_target",
     "import_log",
     "import_metaschedule",
     "load_model",

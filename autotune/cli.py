@@ -16,7 +16,7 @@ import numpy as np
 
 from . import logs, ops
 from .database import Database, default_database_path
-from .errors import AutotuneError, BudgetError, ShapeError
+from .errors import AutotuneError, BudgetError, FleetError, ShapeError
 from .records import TrialRecord
 from .search_space import SearchSpace
 from .space_config import load_space_config
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     workload = _workload(args)
-    result = _tune_with_bar(workload, args.target, args.trials, args.db, args.seed, args.similar)
+    result = _tune_with_bar(workload, args.target, args.trials, args.db, args.seed, args.similar, _rpc_options(args))
     _print_result(result, args.db)
     return 0
 
@@ -168,7 +168,8 @@ def cmd_tune_model(args: argparse.Namespace) -> int:
         raise BudgetError("give a budget: --trials N and/or --time 2h")
     return _run_session(args, lambda on_progress: tune_model(
         args.model, target=_target_spec(args.target), trials=args.trials, time_budget=args.time, database=args.db,
-        scheduler=args.scheduler, batch_size=args.batch_size, seed=args.seed, name=args.name, progress=on_progress))
+        scheduler=args.scheduler, batch_size=args.batch_size, seed=args.seed, name=args.name, progress=on_progress,
+        rpc=_rpc_options(args)))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -176,7 +177,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     return _run_session(args, lambda on_progress: tune_model(
         session=args.session, target=_target_spec(args.target), trials=args.trials, time_budget=args.time,
-        database=args.db, progress=on_progress))
+        database=args.db, progress=on_progress, rpc=_rpc_options(args)))
 
 
 def cmd_compile_model(args: argparse.Namespace) -> int:
@@ -232,6 +233,48 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fleet_status(args: argparse.Namespace) -> int:
+    from .fleet import fleet_status
+
+    queues = fleet_status(args.rpc)
+    if not queues:
+        print(f"the RPC tracker at {args.rpc} has no devices")
+        return 0
+    print(f"{'device key':<24}{'devices':>8}{'free':>6}{'waiting':>9}  servers")
+    for q in queues:
+        print(f"{q.key:<24}{q.total:>8}{q.free:>6}{q.pending:>9}  {', '.join(q.servers) or '-'}")
+    return 0
+
+
+def cmd_fleet_tracker(args: argparse.Namespace) -> int:
+    from .fleet import UNAUTHENTICATED, run_tracker
+
+    print(f"note: {UNAUTHENTICATED}", file=sys.stderr)
+    run_tracker(args.host, args.port, on_ready=lambda where: print(f"RPC tracker listening on {where}", flush=True))
+    return 0
+
+
+def cmd_fleet_server(args: argparse.Namespace) -> int:
+    from .fleet import UNAUTHENTICATED, serve
+
+    if not args.rpc or not args.device_key:
+        raise FleetError("a device server needs --rpc HOST:PORT (the tracker) and --device-key KEY")
+    target = {"kind": "llvm", "num-cores": args.cores} if args.cores else None
+    print(f"note: {UNAUTHENTICATED}", file=sys.stderr)
+    serve(args.rpc, args.device_key, args.host, args.port, target=target, on_ready=lambda where: print(
+        f"device server listening on {where}, registered as {args.device_key!r} with the tracker at {args.rpc}",
+        flush=True))
+    return 0
+
+
+def cmd_fleet_describe(args: argparse.Namespace) -> int:
+    from .fleet import describe_device
+
+    target = {"kind": "llvm", "num-cores": args.cores} if args.cores else None
+    print(json.dumps(describe_device(target), indent=2, sort_keys=True))
+    return 0
+
+
 def cmd_ops(args: argparse.Namespace) -> int:
     for spec in ops.OPERATORS.values():
         options = ", ".join(f"{k} ({v})" for k, v in spec.options.items()) or "-"
@@ -245,12 +288,17 @@ def cmd_ops(args: argparse.Namespace) -> int:
 
 
 def _tune_with_bar(
-    workload: Workload, target: str | None, trials: int, db: str | None, seed: int | None, similar: bool = False
+    workload: Workload, target: str | None, trials: int, db: str | None, seed: int | None, similar: bool = False,
+    rpc: Any = None,
 ) -> TuneResult:
     from tqdm import tqdm
 
-    hw = resolve_target(_target_spec(target))  # bad input fails before the bar is drawn
+    from .tuner import measurement_target
+
+    hw, _ = measurement_target(_target_spec(target), None, rpc)  # bad input fails before the bar is drawn
     check_budget(trials)
+    if rpc is not None:
+        print(f"measuring on the devices {rpc.device_key!r} of {rpc.tracker} (target key {hw.key})")
     with tqdm(total=trials, unit="trial", desc=workload.name, dynamic_ncols=True) as bar:
 
         def on_progress(p: Progress) -> None:
@@ -258,7 +306,19 @@ def _tune_with_bar(
             if p.best_latency:
                 bar.set_postfix_str(f"best {p.best_latency * 1e3:.3f} ms, {p.best_gflops or 0:.1f} GFLOPS")
 
-        return tune(workload, hw, trials, db, seed=seed, progress=on_progress, similar=similar)
+        return tune(workload, hw, trials, db, seed=seed, progress=on_progress, similar=similar, rpc=rpc)
+
+
+def _rpc_options(args: argparse.Namespace) -> Any:
+    """RpcOptions from --rpc/--device-key/..., or None to measure on this machine."""
+    if not getattr(args, "rpc", None) and not getattr(args, "device_key", None):
+        return None
+    if not args.rpc or not args.device_key:
+        raise FleetError("measuring on a fleet needs both --rpc HOST:PORT and --device-key KEY")
+    from .fleet import RpcOptions
+
+    return RpcOptions(args.rpc, args.device_key, device_target=args.device_target,
+                      cross_compiler=args.cross_compiler, device_wait=args.device_wait)
 
 
 def _run_session(args: argparse.Namespace, start: Any) -> int:
@@ -280,7 +340,9 @@ def _run_session(args: argparse.Namespace, start: Any) -> int:
         raise
     print(_session_table(final))
     print(f"session {final.session_id} {final.status}; database: {args.db or default_database_path()}")
-    if getattr(args, "evaluate", True):
+    if getattr(args, "evaluate", True) and getattr(args, "rpc", None):
+        print("the whole model is not evaluated here: its kernels were tuned for the fleet's devices")
+    elif getattr(args, "evaluate", True):
         from .evaluate import evaluate_session
 
         report = evaluate_session(final.session_id, args.db, _target_spec(args.target))
@@ -392,7 +454,16 @@ def _parser() -> argparse.ArgumentParser:
     workload.add_argument("-o", "--option", action="append", default=[], help="operator option KEY=VALUE, repeatable")
     workload.add_argument("--space", default="cpu", help="search-space family or TOML path (default: cpu)")
 
-    p = sub.add_parser("tune", parents=[common, workload], help="tune a built-in operator and cache the results")
+    fleet = argparse.ArgumentParser(add_help=False)
+    fleet.add_argument("--rpc", metavar="HOST:PORT", help="measure on the devices of this TVM RPC tracker")
+    fleet.add_argument("--device-key", metavar="KEY", help="the tracker's key for the devices to measure on")
+    fleet.add_argument("--device-target", metavar="FILE",
+                       help="the devices' hardware (JSON of `autotune fleet describe`) when they do not report it")
+    fleet.add_argument("--cross-compiler", metavar="CC", help="compiler that links libraries for the devices")
+    fleet.add_argument("--device-wait", type=float, default=120.0, metavar="SECONDS",
+                       help="how long to wait for a free device before giving up (default 120)")
+
+    p = sub.add_parser("tune", parents=[common, workload, fleet], help="tune a built-in operator and cache the results")
     p.add_argument("--trials", type=int, default=64)
     p.add_argument("--seed", type=int)
     p.add_argument("--similar", action="store_true",
@@ -407,7 +478,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_demo)
     p = sub.add_parser("ops", help="list the built-in operators")
     p.set_defaults(run=cmd_ops)
-    p = sub.add_parser("tune-model", parents=[common], help="tune a whole model (.onnx or .pt2 file) as a session")
+    p = sub.add_parser("tune-model", parents=[common, fleet], help="tune a whole model (.onnx or .pt2 file) as a session")
     p.add_argument("model", help="an .onnx file or a torch.export .pt2 file")
     _session_budget(p)
     p.add_argument("--scheduler", default="gradient", help="task scheduler: gradient (default) or round-robin")
@@ -415,7 +486,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--name", help="session name (default: the model file's name)")
     p.set_defaults(run=cmd_tune_model)
-    p = sub.add_parser("resume", parents=[common], help="continue a stopped or killed session")
+    p = sub.add_parser("resume", parents=[common, fleet], help="continue a stopped or killed session")
     p.add_argument("session", type=int, metavar="SESSION")
     _session_budget(p)
     p.set_defaults(run=cmd_resume)
@@ -432,7 +503,34 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sessions", parents=[common], help="list model-tuning sessions")
     p.set_defaults(run=cmd_sessions)
     _cache_parser(sub, common)
+    _fleet_parser(sub)
     return parser
+
+
+def _fleet_parser(sub: Any) -> None:
+    from .fleet import DEFAULT_TRACKER_PORT, LOOPBACK
+
+    tracker = f"{LOOPBACK}:{DEFAULT_TRACKER_PORT}"
+    p = sub.add_parser("fleet", help="a fleet of devices behind a TVM RPC tracker: status, tracker, server, describe")
+    p.set_defaults(run=lambda args: p.print_help() or 2)
+    actions = p.add_subparsers(dest="fleet_command", metavar="ACTION")
+    a = actions.add_parser("status", help="the tracker's device keys: devices, free, waiting requests")
+    a.add_argument("--rpc", default=tracker, metavar="HOST:PORT", help=f"the tracker (default {tracker})")
+    a.set_defaults(run=cmd_fleet_status)
+    a = actions.add_parser("tracker", help="run a TVM RPC tracker (bound to loopback unless --host says otherwise)")
+    a.add_argument("--host", default=LOOPBACK, help=f"address to bind (default {LOOPBACK}; RPC has no authentication)")
+    a.add_argument("--port", type=int, default=DEFAULT_TRACKER_PORT)
+    a.set_defaults(run=cmd_fleet_tracker)
+    a = actions.add_parser("server", help="serve this machine as a device of the fleet (TVM RPC server)")
+    a.add_argument("--rpc", metavar="HOST:PORT", help="the tracker to register with")
+    a.add_argument("--device-key", metavar="KEY", help="the key this device is registered under")
+    a.add_argument("--host", default=LOOPBACK, help=f"address to bind (default {LOOPBACK}; RPC has no authentication)")
+    a.add_argument("--port", type=int, default=9090, help="first port to try (default 9090)")
+    a.add_argument("--cores", type=int, help="threads the kernels use (default: this machine's cores)")
+    a.set_defaults(run=cmd_fleet_server)
+    a = actions.add_parser("describe", help="print this machine's target and fingerprint (for --device-target)")
+    a.add_argument("--cores", type=int, help="threads the kernels will use (default: this machine's cores)")
+    a.set_defaults(run=cmd_fleet_describe)
 
 
 def _session_budget(p: argparse.ArgumentParser) -> None:

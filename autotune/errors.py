@@ -45,3 +45,7 @@ class LogError(AutotuneError):
 
 class ModelError(AutotuneError):
     """A model that cannot be loaded or has nothing to tune; a session that cannot be resumed."""
+
+
+class FleetError(AutotuneError):
+    """A fleet that cannot be used: tracker unreachable, no device under the key, devices that differ."""

@@ -1,10 +1,12 @@
 """Build and measure candidates in isolated worker processes.
 
 Builds run in parallel (one worker per core); runs are sequential, on one worker, so that two
-candidates never compete for the cores while they are timed. Each worker is a separate
-``python -m autotune.worker`` process spoken to in JSON lines (no pickles): a crash or a hang
-in generated code kills that worker, is recorded as the candidate's status, and a fresh worker
-takes its place. Every timed run is checked against the untuned reference on the same inputs.
+candidates never compete for the cores while they are timed. With `MeasureOptions.rpc`, runs go
+to the devices of a fleet instead, one per device in parallel, as builds finish (fleet.py).
+Each worker is a separate ``python -m autotune.worker`` process spoken to in JSON lines (no
+pickles): a crash or a hang in generated code kills that worker, is recorded as the
+candidate's status, and a fresh worker takes its place. Every timed run is checked against the
+untuned reference on the same inputs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import select
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -27,9 +29,10 @@ from typing import Any, Callable, Iterator, Sequence
 import psutil
 import tvm
 
+from .fleet import RemoteRunner, RpcOptions
 from .records import Status, TrialRecord
 from .search_space import Candidate, SearchSpace
-from .target import HardwareTarget
+from .target import HardwareTarget, available_cores
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,8 @@ class MeasureOptions:
     memory_limit_mb: int = 0
     # Test-only fault injection: candidate -> a worker.FAULTS kind (or None), done for real in the worker.
     inject: Callable[[Candidate], str | None] | None = None
+    # Measure on the devices of a TVM RPC tracker instead of this machine (set by tune(rpc=...)).
+    rpc: RpcOptions | None = None
 
     def worker_memory_mb(self) -> int:
         return self.memory_limit_mb or int(psutil.virtual_memory().total / 2 / (1 << 20))
@@ -161,7 +166,8 @@ class WorkerPool:
 
     def __init__(self, target: HardwareTarget, options: MeasureOptions | None = None):
         self.options = options or MeasureOptions()
-        n_builders = self.options.builders or max(1, target.num_cores)
+        # Builds use this machine's cores: the target's own count, or, for a fleet, the cores here.
+        n_builders = self.options.builders or (available_cores() if self.options.rpc else max(1, target.num_cores))
         memory = self.options.worker_memory_mb()
         self.builders = [WorkerProcess(f"builder{i}", threads=1, memory_mb=memory) for i in range(n_builders)]
         self.runner = WorkerProcess("runner", threads=target.num_cores, memory_mb=memory)
@@ -169,7 +175,13 @@ class WorkerPool:
         self.idle_builders: queue.Queue[WorkerProcess] = queue.Queue()  # one build at a time per builder
         for worker in self.builders:
             self.idle_builders.put(worker)
-        for worker in [self.runner, *self.builders]:
+        self.remote: RemoteRunner | None = None
+        if self.options.rpc is not None:
+            from .fleet import device_queue
+
+            devices = device_queue(self.options.rpc).total
+            self.remote = RemoteRunner(self.options.rpc, target, slots=devices, memory_mb=memory)
+        for worker in [*([] if self.remote else [self.runner]), *self.builders]:
             worker.start()
 
     def __enter__(self) -> "WorkerPool":
@@ -178,8 +190,16 @@ class WorkerPool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def run(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Run a "reference"/"run" request here, or its "rpc_" twin on a device of the fleet."""
+        if self.remote is not None:
+            return self.remote.call({**request, "job": "rpc_" + request["job"]}, timeout)
+        return self.runner.call(request, timeout)
+
     def close(self) -> None:
         self.threads.shutdown(wait=True)
+        if self.remote is not None:
+            self.remote.close()
         for worker in [*self.builders, self.runner]:
             worker.kill()
 
@@ -204,13 +224,12 @@ class Measurer:
         self._workers = pool if pool is not None else WorkerPool(target, self.options)
         self._tmp = tempfile.TemporaryDirectory(prefix="autotune-")
         self._arrays_path = os.path.join(self._tmp.name, "reference.npz")
-        self._runner = self._workers.runner
-        self._pool = self._workers.threads
         self._common = {
             "workload_key": space.workload.key,
             "workload_json": tvm.ir.save_json(space.workload.mod),
             "space": dataclasses.asdict(space.config),
             "target": target.target_json(),
+            "cross_compiler": self.options.rpc.cross_compiler if self.options.rpc else None,
         }
         self._outputs = [i for i, a in enumerate(space.workload.args) if a.is_output]
         self._prepared = False
@@ -229,8 +248,19 @@ class Measurer:
 
     def prepare(self) -> float:
         """Compute the untuned reference outputs once; returns the untuned run's seconds."""
-        request = {"job": "reference", "out_path": self._arrays_path, **self._common}
-        answer = self._runner.call(request, timeout=max(600.0, self.options.run_timeout))
+        timeout = max(600.0, self.options.run_timeout)
+        if self._workers.remote is not None:  # built here, computed on a device of the fleet
+            lib_path = os.path.join(self._tmp.name, "reference.so")
+            inputs_path = os.path.join(self._tmp.name, "inputs.npz")
+            built = self._call_builder({"job": "build_reference", "out_path": lib_path, "inputs_path": inputs_path},
+                                       timeout)
+            if not built.get("ok"):
+                raise RuntimeError(f"the untuned reference failed to build: {built.get('error')}")
+            request = {"job": "reference", "lib_path": lib_path, "inputs_path": inputs_path,
+                       "out_path": self._arrays_path}
+        else:
+            request = {"job": "reference", "out_path": self._arrays_path, **self._common}
+        answer = self._workers.run(request, timeout)
         if not answer.get("ok"):
             raise RuntimeError(f"the untuned reference failed to build or run: {answer.get('error')}")
         self._prepared = True
@@ -239,27 +269,40 @@ class Measurer:
         return float(answer["secs"])
 
     def measure(self, candidates: Sequence[Candidate]) -> Iterator[TrialRecord]:
-        """Build all candidates in parallel, then time them one by one; yields a record as each finishes."""
+        """Build all candidates in parallel, then time them (one by one here, or in parallel on a fleet's
+        devices); yields a record as each finishes."""
         if not self._prepared:
             self.prepare()
-        builds = list(self._pool.map(self._build, range(len(candidates)), candidates))
-        for candidate, built in zip(candidates, builds):
-            yield self._run(candidate, built)
+        builds = [self._workers.threads.submit(self._build, c) for c in candidates]
+        if self._workers.remote is None:  # one at a time on this machine, once no build competes for the cores
+            for candidate, built in zip(candidates, [b.result() for b in builds]):
+                yield self._run(candidate, built)
+            return
+        runs = [self._workers.remote.threads.submit(self._run_when_built, c, b) for c, b in zip(candidates, builds)]
+        for run in as_completed(runs):  # the fleet's devices run in parallel, each as soon as its build is done
+            yield run.result()
 
-    def _build(self, index: int, candidate: Candidate) -> dict[str, Any]:
-        worker = self._workers.idle_builders.get()
+    def _run_when_built(self, candidate: Candidate, built: Future[dict[str, Any]]) -> TrialRecord:
+        return self._run(candidate, built.result())
+
+    def _build(self, candidate: Candidate) -> dict[str, Any]:
         out_path = os.path.join(self._tmp.name, f"{candidate.key}.so")
-        request = {"job": "build", "decisions": candidate.decisions, "out_path": out_path, **self._common}
+        request = {"job": "build", "decisions": candidate.decisions, "out_path": out_path}
         if self.options.inject is not None:
             request["inject"] = self.options.inject(candidate)
+        answer = self._call_builder(request, self.options.build_timeout)
+        answer["out_path"] = out_path
+        return answer
+
+    def _call_builder(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send a request to an idle builder (one request per builder at a time)."""
+        worker = self._workers.idle_builders.get()
         try:
-            answer = worker.call(request, timeout=self.options.build_timeout)
+            return worker.call({**request, **self._common}, timeout=timeout)
         except WorkerDied as died:
             return {"ok": False, "error": f"build {died}", "status": Status.BUILD_ERROR}
         finally:
             self._workers.idle_builders.put(worker)
-        answer["out_path"] = out_path
-        return answer
 
     def _run(self, candidate: Candidate, built: dict[str, Any]) -> TrialRecord:
         record = dict(
@@ -284,13 +327,15 @@ class Measurer:
             "inject": self.options.inject(candidate) if self.options.inject is not None else None,
         }
         try:
-            answer = self._runner.call(request, timeout=self._run_timeout)
+            answer = self._workers.run(request, timeout=self._run_timeout)
         except WorkerDied as died:
             return TrialRecord(status=died.status, error=str(died), **record)
         finally:
             _remove(built["out_path"])
         status = Status(answer["status"]) if answer.get("status") in Status._value2member_map_ else Status.RUN_ERROR
         latencies = tuple(answer.get("latencies") or ())
+        if answer.get("device"):  # measured on a device of the fleet: the record says which
+            record["origin"] = _device_origin(answer)
         return TrialRecord(status=status, latencies=latencies, error=answer.get("error", ""), **record)
 
 
@@ -310,6 +355,12 @@ def versions() -> dict[str, str]:
     from . import __version__
 
     return {"autotune": __version__, "tvm": tvm.__version__, "python": sys.version.split()[0]}
+
+
+def _device_origin(answer: dict[str, Any]) -> str:
+    """Where a remote trial was measured: the device's host name (as it reports it) and address."""
+    host = (answer.get("info") or {}).get("host")
+    return f"{host} ({answer['device']})" if host else f"rpc:{answer['device']}"
 
 
 def _describe_exit(code: int | None) -> str:

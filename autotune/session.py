@@ -19,6 +19,7 @@ import os
 import re
 import socket
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -28,12 +29,13 @@ import tvm
 from .cost_model import warm_start
 from .database import Database, open_database
 from .errors import BudgetError, ModelError, WorkloadError
+from .fleet import RpcOptions
 from .measure import MeasureOptions, WorkerPool
 from .model import extract_tasks
 from .scheduler import SCHEDULERS, TaskScheduler, TaskState
 from .space_config import SpaceConfig, load_space_config
-from .target import HardwareTarget, resolve_target
-from .tuner import STRATEGIES, TaskTuner, check_budget
+from .target import HardwareTarget
+from .tuner import STRATEGIES, TaskTuner, check_budget, measurement_target
 from .workload import Workload, stored_workload
 
 logger = logging.getLogger(__name__)
@@ -99,6 +101,7 @@ def tune_model(
     space: str | os.PathLike[str] | SpaceConfig = "cpu",
     measure: MeasureOptions | None = None,
     progress: Callable[[SessionProgress], None] | None = None,
+    rpc: RpcOptions | None = None,
 ) -> SessionProgress:
     """Tune a whole model within a budget of trials and/or wall time, as a resumable session.
 
@@ -109,16 +112,20 @@ def tune_model(
 
     Example: ``autotune.tune_model(net, example_inputs=(x,), trials=500, time_budget="2h")``.
     """
-    hw = resolve_target(target)
     config = space if isinstance(space, SpaceConfig) else load_space_config(space)
     seconds = parse_duration(time_budget) if time_budget is not None else None
     _check_options(scheduler, strategy, batch_size, trials, seconds)
     with open_database(database) as db:
+        if session is not None and rpc is None:  # a session started on a fleet resumes on it
+            rpc = _stored_rpc(db, session)
+        hw, measure = measurement_target(target, measure, rpc)
         if session is None:
             if trials is None and seconds is None:
                 raise BudgetError("a new session needs a budget: trials=N and/or time_budget (e.g. '2h')")
-            session = _create_session(db, model, example_inputs, hw, trials, seconds, name,
-                                      dict(scheduler=scheduler, strategy=strategy, batch_size=batch_size, seed=seed))
+            options = dict(scheduler=scheduler, strategy=strategy, batch_size=batch_size, seed=seed)
+            if rpc is not None:
+                options["rpc"] = _rpc_json(rpc)
+            session = _create_session(db, model, example_inputs, hw, trials, seconds, name, options)
         else:
             _check_resumable(db, session, hw, model)
             if trials is not None or seconds is not None:
@@ -260,11 +267,23 @@ def _check_options(scheduler: str, strategy: str, batch_size: int, trials: int |
     check_budget(trials if trials is not None else 1, batch_size)
 
 
+def _rpc_json(rpc: RpcOptions) -> dict[str, Any]:
+    data = dataclasses.asdict(rpc)
+    if data["device_target"] is not None and not isinstance(data["device_target"], dict):
+        data["device_target"] = os.fspath(data["device_target"])
+    return data
+
+
+def _stored_rpc(db: Database, session_id: int) -> RpcOptions | None:
+    stored = _row(db, session_id)["options"].get("rpc")
+    return RpcOptions(**stored) if stored else None
+
+
 def _check_resumable(db: Database, session_id: int, hw: HardwareTarget, model: Any) -> None:
     row = _row(db, session_id)
     if row["target_key"] != hw.key:
         raise ModelError(f"session {session_id} tunes for target {row['target_key']}, not this one ({hw.key}); "
-                         "resume it on the device it was started on")
+                         "resume it on the device (or fleet) it was started on")
     if model is not None:
         raise ModelError("pass either a model (new session) or session=ID (resume), not both")
     if _live_status(row) == RUNNING:

@@ -111,6 +111,19 @@ def resolve_target(spec: Any = None) -> HardwareTarget:
     return HardwareTarget(target, fingerprint, make_key(_plain(dict(target.export())), fingerprint))
 
 
+def device_target(target_json: dict[str, Any], fingerprint: dict[str, Any]) -> HardwareTarget:
+    """The HardwareTarget of another device, exactly as described (nothing filled in from this host).
+
+    Used for devices of a fleet, whose target and fingerprint come from the device itself or
+    from the user; the key is computed here, so a description cannot claim another key.
+    """
+    if not isinstance(target_json, dict) or not isinstance(fingerprint, dict) or not fingerprint:
+        raise TargetError("a device is described by a TVM target dict and a non-empty fingerprint dict")
+    target = _make_target(dict(target_json), target_json)
+    plain = _plain(dict(target.export()))
+    return HardwareTarget(target, dict(fingerprint), make_key(plain, dict(fingerprint)))
+
+
 def make_key(target_json: dict[str, Any], fingerprint: dict[str, Any]) -> str:
     """sha256 (first 20 hex chars) of the canonical target JSON and the canonical fingerprint JSON."""
     text = "\n".join(json.dumps(v, sort_keys=True, separators=(",", ":")) for v in (target_json, fingerprint))

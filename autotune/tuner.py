@@ -19,12 +19,13 @@ from .cost_model import CostModel, warm_start
 from .database import Database, open_database
 from .errors import AutotuneError, BudgetError, TargetError, last_line
 from .features import FEATURE_VERSION, FeatureExtractor
+from .fleet import RpcOptions, fleet_target
 from .measure import MeasureOptions, Measurer, WorkerPool
 from .records import TrialRecord
 from .search import ModelGuidedSearch, RandomSearch, SearchStrategy
 from .search_space import Candidate, SearchSpace, apply_candidate
 from .space_config import SpaceConfig, load_space_config
-from .target import HardwareTarget, fingerprint_differences, fingerprint_similarity, resolve_target
+from .target import HOST_SPECS, HardwareTarget, fingerprint_differences, fingerprint_similarity, resolve_target
 from .workload import Workload, as_workload
 
 logger = logging.getLogger(__name__)
@@ -90,8 +91,13 @@ def tune(
     progress: Callable[[Progress], None] | None = None,
     name: str | None = None,
     similar: bool = False,
+    rpc: RpcOptions | None = None,
 ) -> TuneResult:
     """Search `trials` new schedules for a workload on a target, measuring and caching each.
+
+    With `rpc`, candidates are measured on the devices registered with a TVM RPC tracker under
+    `rpc.device_key` (see fleet.py); the target is then the devices' own, and records are keyed
+    by it.
 
     With `similar=True`, records of the closest other device of the same kind (see
     `target.fingerprint_similarity`) are starting points: that device's best schedules of this
@@ -102,7 +108,7 @@ def tune(
     """
     check_budget(trials, batch_size)
     work = as_workload(workload, name=name)
-    hw = resolve_target(target)
+    hw, measure = measurement_target(target, measure, rpc)
     config = space if isinstance(space, SpaceConfig) else load_space_config(space)
     start = time.perf_counter()
     with open_database(database) as db:
@@ -118,6 +124,25 @@ def tune(
             baseline = task.baseline
     mod = apply_record(work, best, config) if best else None
     return TuneResult(work, hw, best, mod, tuple(measured), baseline, time.perf_counter() - start, remeasured)
+
+
+def measurement_target(target: Any, measure: MeasureOptions | None, rpc: RpcOptions | None
+                       ) -> tuple[HardwareTarget, MeasureOptions | None]:
+    """The hardware the trials are measured on, and the measure options that reach it.
+
+    Without `rpc`, this machine (`resolve_target`); with it, the fleet's devices, as they
+    report themselves or as `rpc.device_target` declares them (or a HardwareTarget already
+    obtained from `fleet.fleet_target`).
+    """
+    if rpc is None:
+        return resolve_target(target), measure
+    measure = replace(measure or MeasureOptions(), rpc=rpc)
+    if isinstance(target, HardwareTarget):  # already asked of the fleet (the CLI does, before its progress bar)
+        return target, measure
+    if not (target is None or isinstance(target, str) and target.strip().lower() in HOST_SPECS):
+        raise TargetError("with rpc, the target is the devices' own: declare it with RpcOptions.device_target "
+                          "(or --device-target) rather than target=")
+    return fleet_target(rpc), measure
 
 
 class TaskTuner:

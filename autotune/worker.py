@@ -53,9 +53,27 @@ def build(req: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     space = _space(req)
     sch = apply_candidate(space, Candidate(req["decisions"]))
-    target = tvm.target.Target(req["target"])
-    tvm.compile(sch.mod, target=target).export_library(req["out_path"])
+    _export(tvm.compile(sch.mod, target=tvm.target.Target(req["target"])), req)
     return {"ok": True, "trace": trace_json(sch), "build_secs": time.perf_counter() - start}
+
+
+def build_reference(req: dict[str, Any]) -> dict[str, Any]:
+    """Build the untuned function for a remote device and save its seeded random inputs to req["inputs_path"]."""
+    workload = _workload(req)
+    _export(tvm.compile(workload.mod, target=tvm.target.Target(req["target"])), req)
+    arrays = workload.random_inputs(seed=req.get("seed", 0))
+    np.savez(req["inputs_path"], **{f"arg{i}": a for i, a in enumerate(arrays)})
+    return {"ok": True}
+
+
+def _export(executable: Any, req: dict[str, Any]) -> None:
+    """Export a shared library, with the cross compiler named in the request if there is one."""
+    if req.get("cross_compiler"):
+        from tvm.support import cc
+
+        executable.export_library(req["out_path"], fcompile=cc.cross_compiler(req["cross_compiler"]))
+    else:
+        executable.export_library(req["out_path"])
 
 
 def reference(req: dict[str, Any]) -> dict[str, Any]:
@@ -77,10 +95,13 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
     """Time a built candidate, then check the outputs of the timed runs against the reference."""
     if req.get("inject") in ("segfault", "hang", "alloc"):
         inject_fault(req["inject"])
-    lib = tvm.runtime.load_module(req["lib_path"])
+    return _time_and_check(tvm.runtime.load_module(req["lib_path"]), tvm.cpu(), req)
+
+
+def _time_and_check(lib: Any, dev: Any, req: dict[str, Any]) -> dict[str, Any]:
+    """Run a loaded candidate once, time it, and check the timed runs' outputs (local or remote device)."""
     expected = _reference_arrays(req["arrays_path"])
     outputs = set(req["outputs"])
-    dev = tvm.cpu()
     args = [
         tvm.runtime.tensor(np.zeros_like(a) if i in outputs else a, dev)
         for i, a in enumerate(expected[f"arg{i}"] for i in range(len(expected)))
@@ -102,6 +123,67 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
             err = float(np.max(np.abs(got.astype("float64") - want.astype("float64"))))
             return {"status": "wrong_result", "latencies": latencies, "error": f"output {i} differs by up to {err:.3g}"}
     return {"status": "ok", "latencies": latencies, "error": ""}
+
+
+def device_info(req: dict[str, Any]) -> dict[str, Any]:
+    """Ask a device of the fleet what it is (None from plain TVM servers)."""
+    return _on_device(req, lambda session: {"ok": True})
+
+
+def rpc_reference(req: dict[str, Any]) -> dict[str, Any]:
+    """Run the untuned library on a device on the saved inputs; save inputs and outputs to req["out_path"]."""
+
+    def compute(session: Any) -> dict[str, Any]:
+        lib, dev = _upload(session, req["lib_path"])
+        with np.load(req["inputs_path"]) as data:
+            tensors = [tvm.runtime.tensor(data[f"arg{i}"], dev) for i in range(len(data.files))]
+        start = time.perf_counter()
+        lib["main"](*tensors)
+        secs = time.perf_counter() - start
+        np.savez(req["out_path"], **{f"arg{i}": t.numpy() for i, t in enumerate(tensors)})
+        return {"ok": True, "secs": secs}
+
+    return _on_device(req, compute)
+
+
+def rpc_run(req: dict[str, Any]) -> dict[str, Any]:
+    """Time a built candidate on a device of the fleet and check its outputs (as `run` does locally)."""
+    return _on_device(req, lambda session: _time_and_check(*_upload(session, req["lib_path"]), req))
+
+
+def _on_device(req: dict[str, Any], work: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """Do `work` in a session on a free device; classify failures as the candidate's or the device's.
+
+    Answers carry "device" (its address) and "info" (what the device says it is). A lost device
+    answers status "device_lost" (the caller tries another); no free device, "no_device".
+    """
+    from . import fleet
+
+    try:
+        session, where = fleet.request_device(req)
+    except fleet.NoDevice as err:
+        return {"ok": False, "status": "no_device", "error": str(err)}
+    except Exception as err:  # the tracker gave a device that does not answer
+        return {"ok": False, "status": "device_lost", "error": _describe(err), "device": "?"}
+    try:
+        info = fleet.device_report(session)
+        answer = work(session)
+    except Exception as err:
+        if "RPCSessionTimeoutError" in str(err):
+            answer = {"status": "timeout", "error": f"timed out on the device after {req['session_timeout']:.0f} s"}
+        elif fleet.session_alive(session):
+            answer = {"status": "run_error", "error": _describe(err)}
+        else:
+            answer = {"status": "device_lost", "error": _describe(err)}
+        answer["ok"] = False
+        info = None
+    return {**answer, "device": where, "info": info}
+
+
+def _upload(session: Any, lib_path: str) -> tuple[Any, Any]:
+    """Send a built library to the device and load it there; returns (module, device)."""
+    session.upload(lib_path)
+    return session.load_module(os.path.basename(lib_path)), session.cpu(0)
 
 
 def model(req: dict[str, Any]) -> dict[str, Any]:
@@ -210,7 +292,8 @@ def _reference_arrays(path: str) -> dict[str, np.ndarray]:
 
 
 JOBS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "build": build, "reference": reference, "run": run, "model": model, "torch_model": torch_model,
+    "build": build, "build_reference": build_reference, "reference": reference, "run": run,
+    "device_info": device_info, "rpc_reference": rpc_reference, "rpc_run": rpc_run, "model": model, "torch_model": torch_model,
     "check_workload": check_workload, "metaschedule_import": metaschedule_import,
 }
 
