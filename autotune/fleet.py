@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 DEFAULT_TRACKER_PORT = 9190
 DEVICE_INFO_FUNC = "autotune.device_info"
+# Proxy workers (one per device) each hold a TVM import (~200 MB); local builds limit how many
+# devices can be kept busy long before this many.
+MAX_PROXIES = 16
 UNAUTHENTICATED = ("TVM's RPC has no authentication and runs any code it is sent: "
                    "expose it only on a network you trust")
 
@@ -250,7 +253,8 @@ class RemoteRunner:
         from .measure import WorkerProcess
 
         self.options, self.target = options, target
-        self.proxies = [WorkerProcess(f"rpc{i}", threads=1, memory_mb=memory_mb) for i in range(max(1, slots))]
+        slots = max(1, min(slots, MAX_PROXIES))
+        self.proxies = [WorkerProcess(f"rpc{i}", threads=1, memory_mb=memory_mb) for i in range(slots)]
         self.idle: queue.Queue[Any] = queue.Queue()
         for proxy in self.proxies:
             self.idle.put(proxy)
@@ -289,6 +293,8 @@ class RemoteRunner:
 
     def _check_device(self, answer: dict[str, Any]) -> None:
         info = answer.get("info")
+        if self.options.device_target is not None:  # the user's declaration overrides what devices report
+            return
         if info and info.get("key") and _checked_report(info, answer.get("device", "?")).key != self.target.key:
             raise FleetError(f"the device at {answer.get('device')} under key {self.options.device_key!r} is not the "
                              f"device this session measures (target key {self.target.key}): a device key must name "

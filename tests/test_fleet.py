@@ -154,6 +154,15 @@ def test_tune_through_two_devices_records_describe_the_device(fleet, db_path):
     np.testing.assert_allclose(args[2].numpy(), a @ b, rtol=1e-4)
 
 
+def test_a_wrong_result_on_a_device_is_caught_like_here(fleet, db_path):
+    fleet.server("wrong")
+    fleet.wait_free("wrong", 1)
+    result = autotune.tune(te_matmul(), trials=2, database=db_path, seed=5, rpc=fleet.options("wrong"),
+                           measure=MeasureOptions(inject=lambda candidate: "wrong"))
+    assert [r.status for r in result.trials] == [Status.WRONG_RESULT] * 2 and result.best is None
+    assert all("differs by up to" in r.error for r in result.trials)
+
+
 def test_device_killed_mid_session_the_session_finishes_on_the_other(fleet, db_path):
     doomed, survivor = fleet.server("kill"), fleet.server("kill")
     fleet.wait_free("kill", 2)
