@@ -119,23 +119,46 @@ def tracker_summary(address: tuple[str, int], timeout: float = 10.0) -> dict[str
     """
     from tvm.rpc import base
 
+    try:
+        value = _ask_tracker(address, [base.TrackerCode.SUMMARY], timeout, timeout)
+    except socket.timeout:
+        raise FleetError(f"the RPC tracker at {address[0]}:{address[1]} did not answer within {timeout:.0f} s") from None
+    if not isinstance(value, list) or value[0] != base.TrackerCode.SUCCESS:
+        raise FleetError(f"the RPC tracker at {address[0]}:{address[1]} answered {value!r}")
+    return value[1]
+
+
+def _ask_tracker(address: tuple[str, int], message: list[Any], connect_timeout: float, answer_timeout: float) -> Any:
+    """One request to a TVM RPC tracker in its own protocol (TVM's `tvm.rpc.base` helpers), with time limits.
+
+    Raises FleetError when the tracker cannot be reached, socket.timeout when its answer takes
+    longer than `answer_timeout`.
+    """
+    from tvm.rpc import base
+
     where = f"{address[0]}:{address[1]}"
     try:
-        with socket.create_connection(address, timeout=timeout) as sock:
-            sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
-            magic = struct.unpack("<i", base.recvall(sock, 4))[0]
-            if magic != base.RPC_TRACKER_MAGIC:
-                raise FleetError(f"{where} is not a TVM RPC tracker")
-            base.sendjson(sock, [base.TrackerCode.SUMMARY])
-            value = base.recvjson(sock)
-    except (OSError, struct.error, RuntimeError, json.JSONDecodeError) as err:
-        reason = "nobody listens there" if isinstance(err, ConnectionRefusedError) else (
-            f"no answer within {timeout:.0f} s" if isinstance(err, socket.timeout) else str(err) or type(err).__name__)
+        sock = socket.create_connection(address, timeout=connect_timeout)
+    except OSError as err:
+        reason = "nobody listens there" if isinstance(err, ConnectionRefusedError) else str(err) or type(err).__name__
         raise FleetError(f"cannot reach the RPC tracker at {where} ({reason}); start one with "
                          f"`autotune fleet tracker --port {address[1]}`") from None
-    if not isinstance(value, list) or value[0] != base.TrackerCode.SUCCESS:
-        raise FleetError(f"the RPC tracker at {where} answered {value!r}")
-    return value[1]
+    with sock:
+        try:
+            sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
+            magic = struct.unpack("<i", base.recvall(sock, 4))[0]
+        except (OSError, struct.error, RuntimeError):
+            magic = None
+        if magic != base.RPC_TRACKER_MAGIC:
+            raise FleetError(f"{where} is not a TVM RPC tracker")
+        base.sendjson(sock, message)
+        sock.settimeout(answer_timeout)
+        try:
+            return base.recvjson(sock)
+        except socket.timeout:
+            raise
+        except (OSError, RuntimeError, ValueError) as err:
+            raise FleetError(f"the RPC tracker at {where} dropped the connection ({err})") from None
 
 
 def fleet_status(tracker: str, timeout: float = 10.0) -> list[DeviceQueue]:
@@ -317,28 +340,21 @@ class NoDevice(Exception):
 def request_device(req: dict[str, Any]) -> tuple[Any, str]:
     """An RPC session on a free device of the key, and its address; NoDevice after `device_wait` s.
 
-    The tracker protocol is spoken here (TVM's own `tvm.rpc.base` helpers) rather than through
-    `TrackerSession.request`, which waits without a time limit when no device is free.
+    Asked of the tracker here rather than through TVM's `TrackerSession.request`, which waits
+    without a time limit when no device is free.
     """
     from tvm import rpc
     from tvm.rpc import base
 
     address = (req["tracker_host"], int(req["tracker_port"]))
     try:
-        sock = socket.create_connection(address, timeout=float(req["connect_timeout"]))
-    except OSError as err:
-        raise NoDevice(f"cannot reach the RPC tracker at {address[0]}:{address[1]} ({err})") from None
-    with sock:
-        sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
-        if struct.unpack("<i", base.recvall(sock, 4))[0] != base.RPC_TRACKER_MAGIC:
-            raise NoDevice(f"{address[0]}:{address[1]} is not a TVM RPC tracker")
-        base.sendjson(sock, [base.TrackerCode.REQUEST, req["device_key"], "", 1])
-        sock.settimeout(float(req["device_wait"]))
-        try:
-            value = base.recvjson(sock)
-        except socket.timeout:
-            raise NoDevice(f"no device with key {req['device_key']!r} became free within "
-                           f"{float(req['device_wait']):.0f} s (see `autotune fleet status`)") from None
+        value = _ask_tracker(address, [base.TrackerCode.REQUEST, req["device_key"], "", 1],
+                             float(req["connect_timeout"]), float(req["device_wait"]))
+    except socket.timeout:
+        raise NoDevice(f"no device with key {req['device_key']!r} became free within "
+                       f"{float(req['device_wait']):.0f} s (see `autotune fleet status`)") from None
+    except FleetError as err:
+        raise NoDevice(str(err)) from None
     url, port, match_key = value[1]
     timeout = int(float(req.get("session_timeout") or 60) + 0.999)  # the server ends the session after it
     return rpc.connect(url, port, match_key, session_timeout=timeout), f"{url}:{port}"

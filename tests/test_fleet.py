@@ -274,6 +274,15 @@ def test_unreachable_tracker_is_one_clear_error(db_path):
     assert cli.returncode == 2 and len(cli.stderr.strip().splitlines()) == 1, cli.stderr
 
 
+def test_something_else_on_the_port_is_not_taken_for_a_tracker(db_path):
+    with socket.socket() as listener:  # listens, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        address = "127.0.0.1:%d" % listener.getsockname()[1]
+        with pytest.raises(FleetError, match=f"{address} is not a TVM RPC tracker"):
+            autotune.tune(te_matmul(), trials=2, database=db_path, rpc=RpcOptions(address, "cpu", connect_timeout=2))
+
+
 def test_unknown_device_key_names_the_keys_there(fleet, db_path):
     fleet.server("known")
     fleet.wait_free("known", 1)
