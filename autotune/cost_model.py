@@ -1,11 +1,16 @@
 """XGBoost cost model: predicts how fast a candidate is relative to the best of its workload.
 
-Labels are per-workload normalized throughput, ``min_latency / latency`` in (0, 1] (failed
-candidates get 0), as in MetaSchedule's xgb_model.py. They are recomputed at every fit, since a
-new best changes every label of its workload. Records of all workloads on the same hardware
-train one model, so a new workload starts with a model that already ranks well (transfer). The
-model retrains from scratch when its data has grown by a fifth since the last fit, which keeps
-retraining cheap in total over a long session; it is saved in the database after each fit.
+Labels are per-workload log2 relative throughput, ``log2(min_latency / latency)`` in
+[-LOG_FLOOR, 0], clipped at LOG_FLOOR (64x slower than the best; failed candidates get one below
+that). The log scale weighs "2x slower" alike in every workload, where MetaSchedule's linear
+``min_latency / latency`` squeezes every candidate slower than ~4x into [0, 0.25] and so cannot
+rank them; the clip keeps the few 1000x-slow candidates from dominating the squared error. The
+scores only rank candidates of one workload (search.py sorts by them). Labels are recomputed at
+every fit, since a new best changes every label of its workload. Records of all workloads on
+the same hardware train one model, so a new workload starts with a model that already ranks
+well (transfer). The model retrains from scratch when its data has grown by a fifth since the
+last fit, which keeps retraining cheap in total over a long session; it is saved in the
+database after each fit (keyed by FEATURE_VERSION, so a model of older features is refitted).
 """
 
 from __future__ import annotations
@@ -32,17 +37,19 @@ MIN_TRAINING_RECORDS = 16  # below this, the search explores at random
 RETRAIN_GROWTH = 0.2
 MAX_WARM_START_RECORDS = 20_000
 
+LOG_FLOOR = 6.0  # labels stop at 2**-6 of the best throughput
+
 _PARAMS = {
     "objective": "reg:squarederror",
-    "max_depth": 8,
-    "eta": 0.2,
+    "max_depth": 6,
+    "eta": 0.1,
     "min_child_weight": 1.0,
     "subsample": 0.9,
     "colsample_bytree": 0.8,
     "nthread": 1,  # the other core builds candidates meanwhile
     "seed": 0,
 }
-_ROUNDS = 120
+_ROUNDS = 200
 
 
 def model_group(record: TrialRecord, target: HardwareTarget) -> str:
@@ -52,16 +59,16 @@ def model_group(record: TrialRecord, target: HardwareTarget) -> str:
     return f"{record.workload_key}@{record.target_key}"
 
 
-def normalized_throughput(latencies: np.ndarray, groups: Sequence[str]) -> np.ndarray:
-    """Per-group ``best latency / latency``; failed candidates (latency nan or inf) get 0."""
+def relative_log_throughput(latencies: np.ndarray, groups: Sequence[str], floor: float = LOG_FLOOR) -> np.ndarray:
+    """Per-group ``log2(best latency / latency)``, clipped at -floor; failed candidates get -floor - 1."""
     latencies = np.asarray(latencies, dtype=np.float64)
     ok = np.isfinite(latencies) & (latencies > 0)
-    labels = np.zeros(len(latencies), dtype=np.float32)
+    labels = np.full(len(latencies), -floor - 1.0, dtype=np.float32)
     groups_arr = np.asarray(groups)
     for group in set(groups):
         mask = (groups_arr == group) & ok
         if mask.any():
-            labels[mask] = latencies[mask].min() / latencies[mask]
+            labels[mask] = np.maximum(np.log2(latencies[mask].min() / latencies[mask]), -floor)
     return labels
 
 
@@ -86,7 +93,7 @@ class CostModel:
         self.groups = list(groups)
         if len(self.groups) < 2:
             return
-        labels = normalized_throughput(self.latencies, self.groups)
+        labels = relative_log_throughput(self.latencies, self.groups)
         self.booster = xgb.train(_PARAMS, xgb.DMatrix(self.features, label=labels), num_boost_round=_ROUNDS)
         self.trained_on = len(self.groups)
 
@@ -104,7 +111,7 @@ class CostModel:
         return False
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        """Predicted normalized throughput (higher is faster); zeros when untrained."""
+        """Predicted log2 throughput relative to the workload's best (higher is faster); zeros when untrained."""
         features = np.asarray(features, dtype=np.float32)
         if self.booster is None or len(features) == 0:
             return np.zeros(len(features), dtype=np.float32)

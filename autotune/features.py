@@ -2,7 +2,8 @@
 
 Two parts, concatenated:
 - TVM's MetaSchedule `PerStoreFeature` of the scheduled function (one 164-wide row per buffer
-  store), pooled over stores by sum, max and mean so every workload gives the same length;
+  store), made scale-free (see `_scale_free`), then pooled over stores by sum, max and mean so
+  every workload gives the same length;
 - features of our own decisions that TVM's analysis does not see directly: tile sizes per level
   (log2), the working set of the register and cache tiles against the device's cache sizes, the
   vector width, the parallel extent against the cores, unroll, write-back level, and the
@@ -21,8 +22,19 @@ from tvm.s_tir import meta_schedule as ms
 from .search_space import Candidate, SearchSpace, apply_candidate
 from .target import HardwareTarget
 
-FEATURE_VERSION = 2  # 2: loops_rfactor, n_kept_producers
+FEATURE_VERSION = 3  # 2: loops_rfactor, n_kept_producers; 3: store counts relative to the workload's size
 _STORE_WIDTH = 164
+
+# Columns of a PerStoreFeature row (TVM's per_store_feature.cc; the counts are log2(1 + x)):
+# 0-15 arithmetic op counts, 16-26 / 27-37 / 38-48 vectorize / unroll / parallel (num, prod, len,
+# 8 loop positions), 49-56 GPU, 57-146 five buffers x 18 access features (3 access types, bytes,
+# unique bytes, lines, unique lines, 3 reuse types, reuse distance in iterations and in bytes,
+# reuse count, bytes / unique bytes / lines / unique lines per reuse, stride), 147-156 arithmetic
+# intensity curve, 157-160 allocation sizes, 161 outer loop product, 162 loops, 163 auto-unroll.
+_OP_COUNT_COLUMNS = list(range(16)) + [17, 28]  # op counts, vectorized and unrolled extents
+_BUFFER_COLUMNS = [57 + 18 * b + i for b in range(5) for i in (3, 4, 5, 6, 11, 13, 14, 15, 16)]
+_ALLOC_COLUMNS = [157, 158, 159, 160, 161]
+_ABSENT = -32.0  # a zero count (log2 scale) after scaling: far below any real ratio
 _MAX_LEVELS = 4
 DECISION_FEATURES = (
     [f"log2_spatial_tile_l{i}" for i in range(_MAX_LEVELS)]
@@ -44,6 +56,7 @@ class FeatureExtractor:
         self._context = _feature_context(space.workload.mod, target.target)
         self._extractor = ms.feature_extractor.PerStoreFeature(extract_workload=False)
         self._args_info = ms.arg_info.ArgInfo.from_prim_func(space.workload.mod["main"])
+        self._scale = _workload_scale(space.workload)
         cache = target.fingerprint.get("cache") or {}
         self._l1 = float(cache.get("l1d") or 32 * 1024)
         self._l2 = float(cache.get("l2") or 1024 * 1024)
@@ -56,7 +69,8 @@ class FeatureExtractor:
             schedules = [apply_candidate(self.space, c) for c in candidates]
         measure = [ms.MeasureCandidate(s, self._args_info) for s in schedules]
         stores = self._extractor.extract_from(self._context, measure)
-        rows = [np.concatenate([_pool(t.numpy()), self._decision_features(c)]) for c, t in zip(candidates, stores)]
+        rows = [np.concatenate([_pool(_scale_free(t.numpy(), self._scale)), self._decision_features(c)])
+                for c, t in zip(candidates, stores)]
         return np.asarray(rows, dtype=np.float32)
 
     def _decision_features(self, candidate: Candidate) -> np.ndarray:
@@ -112,6 +126,33 @@ def _feature_context(mod: tvm.IRModule, target: tvm.target.Target) -> ms.TuneCon
         ms._ffi_api.TuneContext, mod, target, None, None, "autotune", 1, -1, None  # type: ignore[attr-defined]
     )
     return context
+
+
+def _workload_scale(workload: Any) -> dict[str, float]:
+    """log2 of the workload's size: FLOPs, compulsory bytes (every argument once), output elements."""
+    def nbytes(arg: Any) -> float:
+        return math.prod(arg.shape) * max(1, tvm.DataType(arg.dtype).bits // 8)
+    return {"flops": math.log2(1 + max(0.0, float(workload.flops))),
+            "bytes": math.log2(1 + sum(nbytes(a) for a in workload.args)),
+            "outputs": math.log2(1 + sum(math.prod(a.shape) for a in workload.outputs))}
+
+
+def _scale_free(rows: np.ndarray, scale: dict[str, float]) -> np.ndarray:
+    """Store rows with their counts relative to the workload's size, so that they transfer.
+
+    PerStoreFeature counts ops, bytes and loop extents in absolute numbers (log2), which mostly
+    tell workloads apart; a model trained on other workloads ranks a new one better on ratios:
+    ops per FLOP of the workload, bytes and cache lines touched per compulsory byte, allocations
+    and outer loops per output element. A zero count stays apart (_ABSENT).
+    """
+    rows = np.array(rows, dtype=np.float64, copy=True)
+    if rows.size == 0:
+        return rows
+    for columns, ref in ((_OP_COUNT_COLUMNS, scale["flops"]), (_BUFFER_COLUMNS, scale["bytes"]),
+                         (_ALLOC_COLUMNS, scale["outputs"])):
+        values = rows[:, columns]
+        rows[:, columns] = np.where(values > 0, values - ref, _ABSENT)
+    return rows
 
 
 def _pool(rows: np.ndarray) -> np.ndarray:

@@ -94,7 +94,11 @@ def to_markdown(rows: list[dict[str, object]]) -> str:
     lines += ["| " + " | ".join(cell(r[h]) for h in head) + " |" for r in rows]
     mean = np.mean([r["transfer pairwise"] for r in rows])
     own = np.mean([r["own-64 pairwise (rest)"] for r in rows])
+    hits = lambda col: sum(bool(r[col]) for r in rows)  # noqa: E731
     lines.append(f"\nmean pairwise accuracy: transfer {mean:.3f}, own first 64 records {own:.3f}")
+    lines.append(f"best candidate in the model's top 8 / top 32: transfer {hits('transfer top8')} / "
+                 f"{hits('transfer top32')} of {len(rows)} workloads; own-64 (rest) top 8: "
+                 f"{hits('own-64 top8 (rest)')}")
     return "\n".join(lines)
 
 

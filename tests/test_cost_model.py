@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from autotune import ops
-from autotune.cost_model import CostModel, normalized_throughput, warm_start
+from autotune.cost_model import LOG_FLOOR, CostModel, relative_log_throughput, warm_start
 from autotune.database import Database
 from autotune.features import FEATURE_LENGTH, FEATURE_VERSION, FeatureExtractor
 from autotune.records import Status, TrialRecord
@@ -30,9 +30,20 @@ def test_features_are_fixed_length_and_deterministic(op, shape, hw):
     assert np.array_equal(first, again) and np.isfinite(first).all()
 
 
-def test_normalized_throughput_per_workload():
-    labels = normalized_throughput(np.array([2.0, 1.0, np.nan, 10.0, 5.0]), ["a", "a", "a", "b", "b"])
-    np.testing.assert_allclose(labels, [0.5, 1.0, 0.0, 0.5, 1.0])
+def test_relative_log_throughput_per_workload_clipped():
+    labels = relative_log_throughput(np.array([2.0, 1.0, np.nan, 1000.0, 10.0, 5.0]), ["a", "a", "a", "a", "b", "b"])
+    np.testing.assert_allclose(labels, [-1.0, 0.0, -LOG_FLOOR - 1, -LOG_FLOOR, -1.0, 0.0])
+
+
+def test_store_features_are_relative_to_the_workload_size(hw):
+    """The same schedule of a matmul twice as large in every dimension keeps its op and byte ratios."""
+    from autotune.features import _OP_COUNT_COLUMNS, _STORE_WIDTH
+
+    small, large = (SearchSpace(ops.make("matmul", shape)) for shape in ("64,64,64", "128,128,128"))
+    f_small, f_large = (FeatureExtractor(s, hw).extract([s.default_candidate()])[0] for s in (small, large))
+    float_mad = _OP_COUNT_COLUMNS[0]
+    assert f_small[float_mad] != 0 and abs(f_small[float_mad] - f_large[float_mad]) < 0.1
+    assert np.isfinite(f_small[: 3 * _STORE_WIDTH]).all()
 
 
 def _synthetic(n, rng):
@@ -90,6 +101,19 @@ def test_warm_start_trains_on_every_workload_of_the_target_and_reloads(tmp_path,
         again = warm_start(db, hw, space.config)  # same records: the saved model is loaded, not refitted
         probe = FeatureExtractor(space, hw).extract([space.sample(random.Random(9))])
         np.testing.assert_allclose(again.predict(probe), model.predict(probe), rtol=1e-6)
+
+
+def test_warm_start_ignores_a_model_saved_for_older_features(tmp_path, hw):
+    with Database(tmp_path / "t.db") as db:
+        space = SearchSpace(ops.make("matmul", "32,32,32"))
+        db.commit_workload(space.workload)
+        for record in _records(space, hw, [1e-3 * (1 + i % 5) for i in range(20)]):
+            db.commit_trial(record)
+        stale = CostModel()
+        stale.fit(np.zeros((20, FEATURE_LENGTH)), np.arange(1, 21, dtype=float), ["w"] * 20)
+        db.save_model(hw.key, FEATURE_VERSION - 1, 20, stale.save())  # same record count, older features
+        model = warm_start(db, hw, space.config)
+        assert model.is_trained and model.save() != stale.save()
 
 
 def test_guided_search_never_repeats_and_follows_the_model(hw):
