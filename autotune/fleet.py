@@ -285,6 +285,7 @@ class RemoteRunner:
         self.threads = ThreadPoolExecutor(max_workers=len(self.proxies))
         self._lock = threading.Lock()
         self.lost: list[str] = []  # "device: reason", for the session's log
+        self._verified: set[str] = set()  # device reports already checked against the session's target
 
     def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Run one request ("rpc_reference" or "rpc_run") on a free device; retried on another if the device is lost."""
@@ -315,13 +316,19 @@ class RemoteRunner:
                          f"(it may crash its device): {'; '.join(failures)}"[:2000]}
 
     def _check_device(self, answer: dict[str, Any]) -> None:
+        """Stop if the answering device is not the session's; each distinct report is checked once."""
         info = answer.get("info")
-        if self.options.device_target is not None:  # the user's declaration overrides what devices report
+        if self.options.device_target is not None or not info or not info.get("key"):
+            return  # a declaration overrides what devices report; plain TVM servers report nothing
+        report = json.dumps(info, sort_keys=True)
+        if report in self._verified:
             return
-        if info and info.get("key") and _checked_report(info, answer.get("device", "?")).key != self.target.key:
+        if _checked_report(info, answer.get("device", "?")).key != self.target.key:
             raise FleetError(f"the device at {answer.get('device')} under key {self.options.device_key!r} is not the "
                              f"device this session measures (target key {self.target.key}): a device key must name "
                              "identical devices")
+        with self._lock:
+            self._verified.add(report)
 
     def close(self) -> None:
         self.threads.shutdown(wait=True)

@@ -14,12 +14,12 @@ which task gets the next batch. Progress goes to a callback, never to stdout.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
 import socket
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable

@@ -81,13 +81,16 @@ def reference(req: dict[str, Any]) -> dict[str, Any]:
     workload = _workload(req)
     lib = tvm.compile(workload.mod, target=tvm.target.Target(req["target"]))
     arrays = workload.random_inputs(seed=req.get("seed", 0))
-    dev = tvm.cpu()
+    return _run_and_save(lib, tvm.cpu(), arrays, req["out_path"])
+
+
+def _run_and_save(lib: Any, dev: Any, arrays: list[np.ndarray], out_path: str) -> dict[str, Any]:
+    """Run the untuned function once on `dev` (local or remote); save every argument after the run as argN."""
     tensors = [tvm.runtime.tensor(a, dev) for a in arrays]
     start = time.perf_counter()
     lib["main"](*tensors)
     secs = time.perf_counter() - start
-    saved = {f"arg{i}": t.numpy() for i, t in enumerate(tensors)}
-    np.savez(req["out_path"], **saved)
+    np.savez(out_path, **{f"arg{i}": t.numpy() for i, t in enumerate(tensors)})
     return {"ok": True, "secs": secs}
 
 
@@ -136,12 +139,8 @@ def rpc_reference(req: dict[str, Any]) -> dict[str, Any]:
     def compute(session: Any) -> dict[str, Any]:
         lib, dev = _upload(session, req["lib_path"])
         with np.load(req["inputs_path"]) as data:
-            tensors = [tvm.runtime.tensor(data[f"arg{i}"], dev) for i in range(len(data.files))]
-        start = time.perf_counter()
-        lib["main"](*tensors)
-        secs = time.perf_counter() - start
-        np.savez(req["out_path"], **{f"arg{i}": t.numpy() for i, t in enumerate(tensors)})
-        return {"ok": True, "secs": secs}
+            arrays = [data[f"arg{i}"] for i in range(len(data.files))]
+        return _run_and_save(lib, dev, arrays, req["out_path"])
 
     return _on_device(req, compute)
 
@@ -293,7 +292,8 @@ def _reference_arrays(path: str) -> dict[str, np.ndarray]:
 
 JOBS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "build": build, "build_reference": build_reference, "reference": reference, "run": run,
-    "device_info": device_info, "rpc_reference": rpc_reference, "rpc_run": rpc_run, "model": model, "torch_model": torch_model,
+    "device_info": device_info, "rpc_reference": rpc_reference, "rpc_run": rpc_run,
+    "model": model, "torch_model": torch_model,
     "check_workload": check_workload, "metaschedule_import": metaschedule_import,
 }
 
