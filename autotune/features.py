@@ -22,7 +22,9 @@ from tvm.s_tir import meta_schedule as ms
 from .search_space import Candidate, SearchSpace, apply_candidate
 from .target import HardwareTarget
 
-FEATURE_VERSION = 3  # 2: loops_rfactor, n_kept_producers; 3: store counts relative to the workload's size
+# 2: loops_rfactor, n_kept_producers; 3: store counts relative to the workload's size;
+# 4: vector_axis_not_last, pack_level (and log2_vector of the vectorized axis, not always the last)
+FEATURE_VERSION = 4
 _STORE_WIDTH = 164
 
 # Columns of a PerStoreFeature row (TVM's per_store_feature.cc; the counts are log2(1 + x)):
@@ -42,7 +44,8 @@ DECISION_FEATURES = (
     + ["log2_vector", "log2_register_tile", "register_tile_over_registers", "log2_l1_bytes_over_l1",
        "log2_l2_bytes_over_l2", "log2_parallel", "parallel_over_cores", "write_level", "local_accumulator",
        "epilogue_fused", "log2_unroll", "n_tiled", "n_compute_at", "loops_vector", "loops_parallel",
-       "log2_flops", "log2_output_elems", "loops_rfactor", "n_kept_producers"]
+       "log2_flops", "log2_output_elems", "loops_rfactor", "n_kept_producers", "vector_axis_not_last",
+       "pack_level"]
 )
 FEATURE_LENGTH = 3 * _STORE_WIDTH + len(DECISION_FEATURES)
 
@@ -103,7 +106,10 @@ class FeatureExtractor:
         inner_reduce = rlevel[-1]
         below_writeback = math.prod(level[tile["write_level"]:])
         elem = 4.0
-        out["log2_vector"] = math.log2(spatial[-1][-1]) if spatial else 0.0
+        axis = int(tile.get("vector_axis", len(spatial) - 1))
+        out["log2_vector"] = math.log2(spatial[axis][-1]) if spatial else 0.0
+        out["vector_axis_not_last"] = float(axis != len(spatial) - 1)
+        out["pack_level"] = float(tile.get("pack", 0))
         out["log2_register_tile"] = math.log2(register)
         out["register_tile_over_registers"] = register / (32.0 * 16.0)
         out["log2_l1_bytes_over_l1"] = math.log2(elem * (register + inner_reduce * (register ** 0.5) * 2) / self._l1)

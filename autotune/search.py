@@ -21,7 +21,7 @@ import numpy as np
 from .cost_model import CostModel, latency_or_nan
 from .features import FeatureExtractor
 from .records import TrialRecord
-from .search_space import Candidate, SearchSpace, rfactor_choices
+from .search_space import Candidate, SearchSpace, redraw_vector_axis, rfactor_choices
 
 # How many consecutive duplicate draws mean that the space is (nearly) exhausted.
 _MAX_DUPLICATE_DRAWS = 200
@@ -172,13 +172,17 @@ def _mutate_block(block: dict[str, Any], rule: Any, space: SearchSpace, rng: ran
     """Change one decision of a block in place: move a factor between tile levels, or redraw a choice."""
     config = space.config
     if "spatial" in block:
-        choice = rng.choice(["tile", "tile", "tile", "write_level", "accumulator"])
+        choice = rng.choice(["tile", "tile", "tile", "write_level", "accumulator", "vector_axis", "pack"])
         if choice == "tile":
             _move_factor(block, rng)
         elif choice == "write_level":
             block["write_level"] = rng.choice(config.write_levels)
-        else:
+        elif choice == "accumulator":
             block["accumulator"] = rng.choice(config.accumulator_scopes)
+        elif choice == "vector_axis":
+            redraw_vector_axis(rule, block, config, rng)
+        else:
+            block["pack"] = rng.choice(config.pack_levels)
         return
     keys = [k for k in ("depth", "parallel", "vector", "inline", "rfactor") if k in block]
     key = rng.choice(keys)

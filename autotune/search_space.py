@@ -5,7 +5,11 @@ each a rule, with parameter domains from search_spaces/*.toml:
 
 - inline:     elementwise producers (padding, bias adds, the exp of a softmax) are inlined;
 - tile:       blocks with a reduction and data reuse (matmul, conv, ...) get multi-level tiling,
-              a local accumulator and their elementwise epilogue fused at a searched level;
+              a local accumulator and their elementwise epilogue fused at a searched level; the
+              vectorized loop is a searched spatial axis (a conv's output channels as well as
+              its width), and an operand that axis reads with a stride (a dense's weight rows,
+              a conv's weight) may be packed: copied, inside the tile loops, into a buffer whose
+              innermost axis is the vector (the NCHWc / GEMM-panel layouts of vendor libraries);
 - compute_at: producers without reuse (softmax's max/sum) go inside their consumer's loops at a
               searched depth, or stay at the root;
 - loops:      other blocks get parallel outer loops and a vectorized inner loop.
@@ -70,6 +74,9 @@ class BlockRule:
     reduction: tuple[int, ...] = ()  # extents of its reduction loops
     epilogue: str | None = None  # tile: the elementwise consumer fused into the tile
     epilogue_inline: bool = False  # tile: the epilogue can be inlined into the write-back
+    # tile: per spatial loop, the (read index, buffer axis) of each operand that vectorizing that
+    # loop would read with a stride: the loop's iterator alone indexes an axis that is not the last
+    strided_reads: tuple[tuple[tuple[int, int], ...], ...] = ()
     depths: tuple[int, ...] = ()  # compute_at: feasible depths in the consumer (0 = root)
     rfactor_depths: tuple[int, ...] = ()  # compute_at: the depths where the reduction can be rfactored
     consumer: str | None = None
@@ -127,6 +134,8 @@ class SearchSpace:
                 d["rfactor"] = 1
             if _rfactor_of(d) > 1:
                 d["vector"] = 1  # the reduction's vector loop replaces the spatial one
+            if rule.rule == "tile" and d:
+                _canonical_tile(rule, d)
         return decisions
 
     def _draw(self, rng: random.Random) -> dict[str, Any]:
@@ -223,7 +232,26 @@ def _tile_rule(sch: s_tir.Schedule, name: str, epilogue: str | None) -> BlockRul
         probe = sch.copy()
         writeback = probe.cache_write(probe.get_sblock(name), 0, "local")
         inline_ok = _try(probe.reverse_compute_inline, probe.get_sblock(epilogue)) and writeback is not None
-    return BlockRule(name, "tile", spatial, reduction, epilogue=epilogue, epilogue_inline=inline_ok)
+    return BlockRule(name, "tile", spatial, reduction, epilogue=epilogue, epilogue_inline=inline_ok,
+                     strided_reads=_strided_reads(sch.get(sch.get_sblock(name)), len(spatial)))
+
+
+def _strided_reads(stmt: Any, n_spatial: int) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """For each spatial iterator, the reads it alone indexes along one axis that is not the buffer's last.
+
+    Those are the operands packing can make contiguous (see `_pack_operands`); an operand the
+    iterator does not index is broadcast, and one it indexes inside an expression (a conv's
+    input h + r) is left as it is.
+    """
+    out = []
+    for iv in stmt.iter_vars[:n_spatial]:
+        reads = []
+        for index, region in enumerate(stmt.reads):
+            axes = [a for a, r in enumerate(region.region) if any(v.same_as(iv.var) for v in undefined_vars(r.min))]
+            if len(axes) == 1 and axes[0] < len(region.region) - 1 and region.region[axes[0]].min.same_as(iv.var):
+                reads.append((index, axes[0]))
+        out.append(tuple(reads))
+    return tuple(out)
 
 
 def _placement_rule(sch: s_tir.Schedule, name: str, tiled: set[str], config: SpaceConfig) -> BlockRule | None:
@@ -328,15 +356,17 @@ def _try(fn: Any, *args: Any) -> bool:
 
 def _draw_block(rule: BlockRule, config: SpaceConfig, rng: random.Random) -> dict[str, Any]:
     if rule.rule == "tile":
-        last = len(rule.spatial) - 1
+        axis = rng.choice(vector_axes(rule, config))
         return {
             "spatial": [
-                _draw_tile(e, config.spatial_levels, config, rng, vectorized=(i == last))
+                _draw_tile(e, config.spatial_levels, config, rng, vectorized=(i == axis))
                 for i, e in enumerate(rule.spatial)
             ],
             "reduction": [_draw_tile(e, config.reduction_levels, config, rng) for e in rule.reduction],
             "write_level": rng.choice(config.write_levels),
             "accumulator": rng.choice(config.accumulator_scopes),
+            "vector_axis": axis,
+            "pack": rng.choice(config.pack_levels),
         }
     loops = _draw_loops(rule, config, rng)
     if rule.inlinable:
@@ -344,6 +374,50 @@ def _draw_block(rule: BlockRule, config: SpaceConfig, rng: random.Random) -> dic
     if rule.rule == "compute_at":
         return {"depth": rng.choice(rule.depths), **loops}
     return loops
+
+
+def vector_axes(rule: BlockRule, config: SpaceConfig) -> list[int]:
+    """The spatial loops of a tiled block that may be its vectorized loop: the last always, and
+    with vector_axes = "any" every other one that some vector factor divides."""
+    last = len(rule.spatial) - 1
+    if config.vector_axes == "last":
+        return [last]
+    others = [i for i, e in enumerate(rule.spatial[:-1]) if any(e % v == 0 for v in config.vector_factors)]
+    return [*others, last]
+
+
+def redraw_vector_axis(rule: BlockRule, d: dict[str, Any], config: SpaceConfig, rng: random.Random) -> None:
+    """Move a tiled block's vector loop to another allowed axis, with a vector-friendly innermost tile there."""
+    axis = rng.choice(vector_axes(rule, config))
+    d["vector_axis"] = axis
+    d["spatial"][axis] = _draw_tile(rule.spatial[axis], config.spatial_levels, config, rng, vectorized=True)
+
+
+def _vector_axis(rule: BlockRule, d: dict[str, Any]) -> int:
+    """The tiled block's vectorized spatial loop; candidates from before the decision existed: the last."""
+    return int(d.get("vector_axis", len(rule.spatial) - 1))
+
+
+def _canonical_tile(rule: BlockRule, d: dict[str, Any]) -> None:
+    """Keep a tiled block's vector-axis and pack decisions to those that mean something.
+
+    A vector axis whose innermost tile is 1 is no vector axis, and the last axis is the default:
+    both are dropped, so such a candidate keeps the key it had before these decisions existed.
+    Another axis accumulates in a local buffer whose innermost axis it is: accumulating in the
+    output itself would scatter every vector (and such code takes LLVM minutes to compile).
+    Packing needs a strided operand and a vector of more than one lane.
+    """
+    axis = _vector_axis(rule, d)
+    if d["spatial"][axis][-1] == 1:
+        axis = len(rule.spatial) - 1
+    if axis == len(rule.spatial) - 1:
+        d.pop("vector_axis", None)
+    else:
+        d["accumulator"] = "local"
+    if not (rule.strided_reads and rule.strided_reads[axis] and d["spatial"][axis][-1] > 1):
+        d.pop("pack", None)
+    if d.get("pack") == 0:
+        d.pop("pack")
 
 
 def _keep_attached_loops_serial(rules: tuple[BlockRule, ...], blocks: dict[str, Any]) -> None:
@@ -418,9 +492,11 @@ def _apply_tiling(sch: s_tir.Schedule, rule: BlockRule, d: dict[str, Any], confi
     block = sch.get_sblock(rule.block)
     loops = sch.get_loops(block)
     n_spatial = len(rule.spatial)
+    axis = _vector_axis(rule, d)
     s_tiles = [sch.split(lp, factors=f) for lp, f in zip(loops[:n_spatial], d["spatial"])]
     r_tiles = [sch.split(lp, factors=f) for lp, f in zip(loops[n_spatial:], d["reduction"])]
-    order, s_level, r_level, anchors = [], 0, 0, {}
+    s_tiles = [t for i, t in enumerate(s_tiles) if i != axis] + [s_tiles[axis]]  # the vector loop innermost
+    order, s_level, r_level, anchors, ends = [], 0, 0, {}, []
     for kind in config.structure:
         if kind == "S":
             order += [t[s_level] for t in s_tiles]
@@ -429,11 +505,18 @@ def _apply_tiling(sch: s_tir.Schedule, rule: BlockRule, d: dict[str, Any], confi
         else:
             order += [t[r_level] for t in r_tiles]
             r_level += 1
+        ends.append(order[-1])  # ends[L - 1]: the innermost loop of the structure's first L letters
     sch.reorder(*order)
+    lanes = d["spatial"][axis][-1]
+    if d.get("pack", 0) > 0:
+        _pack_operands(sch, block, rule.strided_reads[axis], lanes, ends[d["pack"] - 1])
     anchor = anchors[d["write_level"]]
     writeback = None
     if d["accumulator"] == "local":
         writeback = sch.cache_write(block, 0, "local")
+        if axis != n_spatial - 1:  # the accumulator's vector axis innermost, as the vector loop is
+            accumulator = sch.get(block).writes[0].source
+            sch.transform_layout(block, ("write", 0), _moved_last(n_spatial, axis, str(accumulator.shape[0].ty)))
         sch.reverse_compute_at(writeback, anchor, preserve_unit_loops=True)
     if rule.epilogue is not None:
         epilogue = sch.get_sblock(rule.epilogue)
@@ -442,10 +525,12 @@ def _apply_tiling(sch: s_tir.Schedule, rule: BlockRule, d: dict[str, Any], confi
         else:
             sch.reverse_compute_at(epilogue, anchor, preserve_unit_loops=True)
             _vectorize_innermost(sch, epilogue, config)
-    if writeback is not None:
+    # The write-back of an accumulator transposed for another vector axis stays scalar: vectorized,
+    # it gathers, and LLVM then takes seconds to minutes to compile it, for no faster code.
+    if writeback is not None and axis == n_spatial - 1:
         _vectorize_innermost(sch, writeback, config)
     # Vectorize before decomposing the reduction: TVM only vectorizes blocks that still have their init.
-    if d["spatial"][-1][-1] > 1:
+    if lanes > 1:
         sch.vectorize(s_tiles[-1][-1])
     outer = [t[0] for t in s_tiles]
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
@@ -454,6 +539,37 @@ def _apply_tiling(sch: s_tir.Schedule, rule: BlockRule, d: dict[str, Any], confi
     if r_tiles:
         init = sch.decompose_reduction(block, r_tiles[0][0])
         _vectorize_innermost(sch, init, config)
+
+
+def _pack_operands(sch: s_tir.Schedule, block: Any, reads: tuple[tuple[int, int], ...], lanes: int, loop: Any) -> None:
+    """Copy each strided operand, inside `loop`, into a buffer whose innermost axis is the vector
+    axis split by the vector width (W[n, k] -> W[n // v, k, n % v]): a panel of v rows becomes
+    contiguous, so the block's vector loads are too. TVM shrinks the copy to the region the
+    block reads under `loop` and allocates it there (per parallel iteration, when inside one)."""
+    for read_index, buffer_axis in reads:
+        packed = sch.cache_read(block, read_index, "global")
+        buffer = sch.get(packed).writes[0].source
+        ndim = len(buffer.shape)
+        sch.transform_layout(packed, ("write", 0), _split_last(ndim, buffer_axis, lanes, str(buffer.shape[0].ty)))
+        sch.compute_at(packed, loop, preserve_unit_loops=True)
+        copy_loops = sch.get_loops(packed)[-ndim:]
+        outer, inner = sch.split(copy_loops[buffer_axis], factors=[None, lanes])
+        sch.reorder(outer, *[lp for i, lp in enumerate(copy_loops) if i != buffer_axis], inner)
+        sch.vectorize(inner)  # written contiguously, in the packed order
+
+
+def _split_last(ndim: int, axis: int, lanes: int, dtype: str) -> tvm.tirx.IndexMap:
+    """(i0, .., i_axis, .., in) -> (i_axis // lanes, the others, i_axis % lanes), in the buffer's index type."""
+    def mapping(*i: Any) -> list[Any]:
+        return [i[axis] // lanes, *i[:axis], *i[axis + 1:], i[axis] % lanes]
+    return tvm.tirx.IndexMap.from_func(mapping, ndim=ndim, index_dtype=dtype)
+
+
+def _moved_last(ndim: int, axis: int, dtype: str) -> tvm.tirx.IndexMap:
+    """(i0, .., i_axis, .., in) -> (the others, i_axis), in the buffer's index type."""
+    def mapping(*i: Any) -> list[Any]:
+        return [*i[:axis], *i[axis + 1:], i[axis]]
+    return tvm.tirx.IndexMap.from_func(mapping, ndim=ndim, index_dtype=dtype)
 
 
 def _apply_loops(sch: s_tir.Schedule, rule: BlockRule, d: dict[str, Any]) -> None:

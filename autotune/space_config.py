@@ -26,6 +26,8 @@ _SCHEMA: dict[str, dict[str, tuple[type, type | None]]] = {
         "vector_factor_probability": (float, None),
         "write_levels": (list, int),
         "accumulator_scopes": (list, str),
+        "vector_axes": (str, None),
+        "pack_levels": (list, int),
     },
     "loops": {"vector_factors": (list, int), "reduction_vector_factors": (list, int)},
     "compute_location": {"enabled": (bool, None)},
@@ -43,6 +45,8 @@ class SpaceConfig:
     vector_factor_probability: float
     write_levels: tuple[int, ...]
     accumulator_scopes: tuple[str, ...]
+    vector_axes: str  # "last": only the last spatial loop is vectorized; "any": any whose extent allows it
+    pack_levels: tuple[int, ...]  # 0: no packing; L: strided operands packed after the L-th letter's loops
     loop_vector_factors: tuple[int, ...]
     reduction_vector_factors: tuple[int, ...]
     compute_location: bool
@@ -118,6 +122,8 @@ def _check_values(data: dict[str, Any], path: Path) -> None:
         "tiling.vector_factor_probability": not 0.0 <= tiling["vector_factor_probability"] <= 1.0,
         "tiling.write_levels": not all(1 <= v < structure.count("S") for v in tiling["write_levels"]),
         "tiling.accumulator_scopes": not set(tiling["accumulator_scopes"]) <= {"local", "global"},
+        "tiling.vector_axes": tiling["vector_axes"] not in ("last", "any"),
+        "tiling.pack_levels": not all(0 <= v < len(structure) for v in tiling["pack_levels"]),
         "loops.vector_factors": min(data["loops"]["vector_factors"]) < 1,
         "loops.reduction_vector_factors": min(data["loops"]["reduction_vector_factors"]) < 1,
         "unroll.max_steps": min(data["unroll"]["max_steps"]) < 0,
@@ -137,6 +143,8 @@ def _to_config(data: dict[str, Any], path: Path) -> SpaceConfig:
         vector_factor_probability=float(tiling["vector_factor_probability"]),
         write_levels=tuple(tiling["write_levels"]),
         accumulator_scopes=tuple(tiling["accumulator_scopes"]),
+        vector_axes=tiling["vector_axes"],
+        pack_levels=tuple(tiling["pack_levels"]),
         loop_vector_factors=tuple(data["loops"]["vector_factors"]),
         reduction_vector_factors=tuple(data["loops"]["reduction_vector_factors"]),
         compute_location=data["compute_location"]["enabled"],

@@ -6,15 +6,22 @@ Run from the checkout root (each real workload takes minutes per tuner and budge
     python bench/compare.py --workloads matmul_512 --trials 8         # one real workload, short
     python bench/compare.py --trials 64,256 --write bench/RESULTS.md  # the full comparison (hours)
     python bench/compare.py --strategies random,model                 # default: random, plus model if known
+    python bench/compare.py --make-corpus corpus.db                   # records of other shapes (CORPUS), ~5 min
+    python bench/compare.py --transfer corpus.db                      # adds model-guided search from that corpus
 
 For every workload and budget N, in this process: autotune (`autotune.tune(..., trials=N,
 strategy=S)`, a fresh temporary database per workload, budget and strategy), then MetaSchedule
 (`tune_tir`, same tvm Target, `max_trials_global=N`, `num_trials_per_iter=min(64, N)`, its logs in
 a temporary work dir). Each best schedule (`apply_best`, `compile_tir`) is rebuilt here, checked
 against TVM's untuned build on `workload.random_inputs(0)` and re-timed as autotune's runner
-times (`time_evaluator`, number=1, repeat=5, min_repeat_ms=30, median). PyTorch eager runs after
-all tuning (median of single calls, checked the same way). TVM_NUM_THREADS and torch's threads
-are set to the cores this process may use (TVM's default on x86 is half of them).
+times (`time_evaluator`, number=1, repeat=5, min_repeat_ms=30, median; the least of 3 such
+medians). PyTorch eager runs after all tuning (median of single calls, checked the same way).
+TVM_NUM_THREADS and torch's threads are set to the cores this process may use (TVM's default on
+x86 is half of them).
+
+With `--transfer DB`, column "transfer" is model-guided search in a copy of DB, a corpus of
+records of other workloads on this machine (`--make-corpus`; refused if it holds the workload
+itself): the cost model starts trained on them, as it does for a user whose cache has them.
 
 MetaSchedule's builder imports `tvm.s_tir.tensor_intrin` in the first build of each worker and
 restarts its workers every iteration; that import takes 20-30 s on our 2-core machines, so with
@@ -27,7 +34,9 @@ Columns, per workload and budget ("ms" = median milliseconds, GFLOPS from the wo
   MS GFLOPS / MS ms / MS rec. ms / MS tune s   the same for MetaSchedule (rec.: mean of its run_secs)
   torch GFLOPS / torch ms                      PyTorch eager on the same computation
   model/random          re-timed GFLOPS ratio of strategy model to strategy random (> 1: model wins)
-  autotune/MS           re-timed GFLOPS ratio of autotune (the last strategy listed) to MetaSchedule
+  transfer/random       the same for model-guided search from the corpus
+  autotune/MS           re-timed GFLOPS ratio of autotune (the last column of ours: transfer when
+                        given, else the last strategy listed) to MetaSchedule
   autotune/torch        the same against PyTorch eager
   tune s autotune/MS    tuning wall time of autotune over MetaSchedule's (< 1: autotune tunes faster)
 "geomean" rows give each ratio's geometric mean over the workloads of one budget.
@@ -49,11 +58,12 @@ import contextlib
 import datetime
 import math
 import shlex
+import sqlite3
 import statistics
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import tvm
@@ -61,6 +71,7 @@ from tvm.s_tir import meta_schedule as ms
 
 import autotune
 from autotune import ops
+from autotune.database import open_database
 from autotune.tuner import STRATEGIES
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -77,7 +88,24 @@ SUITE: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "softmax": ("softmax", "512,256", "32,128", {}),
     "layernorm": ("layernorm", "256,1024", "32,128", {}),
 }
-MS_BUILD_TIMEOUT_SECS = 120.0  # MetaSchedule's default is 30 s (see the docstring)
+# Other shapes, from BERT-base, ResNet and MobileNetV2 (none is in SUITE): what a cache on this
+# machine would already hold when a new workload arrives. `--make-corpus DB` tunes each with random
+# search (diverse records, not just good ones); `--transfer DB` then tunes every suite workload
+# model-guided from a copy of it, as `autotune.tune` does for a user whose cache has these records.
+CORPUS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "bert_qkv": ("matmul", "128,2304,768", {}),
+    "bert_ffn1": ("dense", "128,3072,768", {"bias": True, "epilogue": "gelu"}),
+    "bert_scores": ("batch_matmul", "12,128,128,64", {}),
+    "resnet_conv_56": ("conv2d_nchw", "1,64,56,56,64,3,3", {"bias": True, "relu": True}),
+    "resnet_conv_14": ("conv2d_nchw", "1,256,14,14,256,3,3", {"bias": True, "relu": True}),
+    "mobilenet_dw": ("depthwise_conv2d", "1,144,56,56,3,3", {}),
+    "bert_softmax": ("softmax", "1536,128", {}),
+    "bert_layernorm": ("layernorm", "128,768", {}),
+    "resnet_pool": ("pool2d", "1,64,112,112,3,3", {"stride": 2, "padding": 1}),
+}
+TRANSFER = "transfer"  # the tool name of model-guided search starting from the corpus
+MS_BUILD_TIMEOUT_SECS = 120.0
+RETIME_ROUNDS = 3  # MetaSchedule's default is 30 s (see the docstring)
 
 
 @dataclass
@@ -118,12 +146,13 @@ def reference(workload: autotune.Workload, hw: autotune.HardwareTarget) -> Refer
 
 
 def retime(mod: tvm.IRModule, hw: autotune.HardwareTarget, ref: Reference) -> float:
-    """Median seconds of `mod` timed as autotune's runner times it; raises if its output is wrong."""
+    """Seconds of `mod` timed as autotune's runner times it (the least of RETIME_ROUNDS medians: a
+    round that another process disturbed does not count); raises if its output is wrong."""
     lib = tvm.compile(mod, target=hw.target)
     dev = tvm.cpu()
     tensors = [tvm.runtime.tensor(np.zeros_like(a) if i in ref.outputs else a, dev) for i, a in enumerate(ref.arrays)]
     evaluator = lib.mod.time_evaluator("main", dev, number=1, repeat=5, min_repeat_ms=30)
-    secs = statistics.median(evaluator(*tensors).results)
+    secs = min(statistics.median(evaluator(*tensors).results) for _ in range(RETIME_ROUNDS))
     for i, want in zip(ref.outputs, ref.want):
         got = tensors[i].numpy()
         if not close(got, want):
@@ -131,12 +160,16 @@ def retime(mod: tvm.IRModule, hw: autotune.HardwareTarget, ref: Reference) -> fl
     return secs
 
 
-def run_autotune(workload: autotune.Workload, hw: Any, trials: int, strategy: str, tmp: str,
-                 ref: Reference) -> Outcome:
-    db = os.path.join(tmp, f"{workload.name}-{strategy}-{trials}.db")
+def run_autotune(workload: autotune.Workload, hw: Any, trials: int, tool: str, tmp: str,
+                 ref: Reference, corpus: str | None = None) -> Outcome:
+    """Tune with strategy `tool` into a fresh database; tool "transfer" is "model" in a copy of `corpus`."""
+    db = os.path.join(tmp, f"{workload.name}-{tool}-{trials}.db")
     out = Outcome()
     try:
+        if tool == TRANSFER:
+            copy_corpus(corpus, db, workload)
         start = time.perf_counter()
+        strategy = "model" if tool == TRANSFER else tool
         result = autotune.tune(workload, target=hw, trials=trials, database=db, strategy=strategy)
         out.wall, out.recorded = time.perf_counter() - start, result.best_latency
         mod = autotune.apply_best(workload, target=hw, database=db)
@@ -146,6 +179,25 @@ def run_autotune(workload: autotune.Workload, hw: Any, trials: int, strategy: st
     except Exception as exc:  # a failure is a table cell, and the run goes on
         out.error = one_line(exc)
     return out
+
+
+def copy_corpus(corpus: str, db: str, workload: autotune.Workload) -> None:
+    """A copy of the corpus database as `db`, refused if it holds records of `workload` itself."""
+    with sqlite3.connect(corpus) as source, sqlite3.connect(db) as copy:
+        source.backup(copy)
+    with open_database(db) as opened:
+        if opened.trials(workload_key=workload.key):
+            raise ValueError(f"the corpus has records of {workload.name} itself: that is not transfer")
+
+
+def make_corpus(path: str, hw: autotune.HardwareTarget, trials: int, log: Callable[[str], None]) -> None:
+    """Tune every CORPUS workload with random search into `path`."""
+    for name, (op, shape, options) in CORPUS.items():
+        workload = ops.make(op, shape, **options)
+        start = time.perf_counter()
+        result = autotune.tune(workload, target=hw, trials=trials, database=path, strategy="random")
+        log(f"corpus {name} ({workload.name}): {len(result.trials)} trials in {time.perf_counter() - start:.0f} s,"
+            f" best {result.best_gflops or 0:.1f} GFLOPS")
 
 
 @contextlib.contextmanager
@@ -216,19 +268,20 @@ def geomean(values: list[float]) -> float | None:
     return math.exp(sum(map(math.log, values)) / len(values)) if values else None
 
 
-def table(rows: list[dict[str, Any]], strategies: list[str]) -> str:
-    tools = [*strategies, "MS"]
+def table(rows: list[dict[str, Any]], ours: list[str]) -> str:
+    """The Markdown table; `ours` are autotune's tools (strategies, then "transfer"), the last one primary."""
+    tools = [*ours, "MS"]
     head = ["workload", "trials"]
     for tool in tools:
         head += [f"{tool} GFLOPS", f"{tool} ms", f"{tool} rec. ms", f"{tool} tune s"]
-    ratios = (["model/random"] if {"model", "random"} <= set(strategies) else []) + [
-        "autotune/MS", "autotune/torch", "tune s autotune/MS"]
+    versus_random = [f"{tool}/random" for tool in ("model", TRANSFER) if tool in ours and "random" in ours]
+    ratios = versus_random + ["autotune/MS", "autotune/torch", "tune s autotune/MS"]
     head += ["torch GFLOPS", "torch ms", *ratios]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     ms_ = lambda s: f"{s * 1e3:.4g}" if s else "n/a"
     by_budget: dict[int, dict[str, list[float]]] = {}
     for row in rows:
-        w, o, primary = row["workload"], row["outcomes"], row["outcomes"][strategies[-1]]
+        w, o, primary = row["workload"], row["outcomes"], row["outcomes"][ours[-1]]
         gf = lambda s: f"{w.flops / s / 1e9:.1f}" if s and w.flops else "n/a"
         cells = [w.name, str(row["trials"])]
         for tool in tools:
@@ -237,8 +290,8 @@ def table(rows: list[dict[str, Any]], strategies: list[str]) -> str:
                 gf(x.secs), ms_(x.secs), ms_(x.recorded), f"{x.wall:.1f}"]
         t = o["torch"]
         cells += [f"failed: {t.error}", "failed"] if t.error else [gf(t.secs), ms_(t.secs)]
-        pairs = {"model/random": (o.get("random"), o.get("model")), "autotune/MS": (o["MS"], primary),
-                 "autotune/torch": (t, primary)}
+        pairs = {f"{tool}/random": (o.get("random"), o.get(tool)) for tool in ("model", TRANSFER)}
+        pairs |= {"autotune/MS": (o["MS"], primary), "autotune/torch": (t, primary)}
         for name in ratios:
             if name == "tune s autotune/MS":
                 value = primary.wall / o["MS"].wall if primary.wall and o["MS"].wall else None
@@ -258,15 +311,15 @@ def table(rows: list[dict[str, Any]], strategies: list[str]) -> str:
     return "\n".join(lines)
 
 
-def header(hw: autotune.HardwareTarget, strategies: list[str], argv: list[str], total: float, others: float) -> str:
+def header(hw: autotune.HardwareTarget, ours: list[str], argv: list[str], total: float, others: float) -> str:
     torch_info = f"torch {torch.__version__}, {torch.get_num_threads()} threads" if torch is not None else "no torch"
     return "\n".join([
         f"## compare: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         "",
         f"- machine: {hw.fingerprint.get('model_name') or 'unknown CPU'}, {hw.num_cores} cores used;"
         f" target key `{hw.key}`, mcpu `{hw.target_json().get('mcpu')}`",
-        f"- autotune {autotune.__version__} (strategies {', '.join(strategies)}; 'autotune' in ratios ="
-        f" {strategies[-1]}); MetaSchedule of TVM {tvm.__version__}; TVM_NUM_THREADS={os.environ['TVM_NUM_THREADS']};"
+        f"- autotune {autotune.__version__} ({', '.join(ours)}; 'autotune' in ratios ="
+        f" {ours[-1]}); MetaSchedule of TVM {tvm.__version__}; TVM_NUM_THREADS={os.environ['TVM_NUM_THREADS']};"
         f" {torch_info}",
         f"- command: `{' '.join(shlex.quote(a) for a in ['python', *argv])}`; total {total:.0f} s",
         f"- other processes kept {others:.0f} core-s busy during the run ({others / total:.2f} cores on average):"
@@ -286,9 +339,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny shapes and 8 trials: a smoke run")
     parser.add_argument("--write", metavar="PATH", help="append this run's section to a Markdown file")
     parser.add_argument("--keep", metavar="DIR", help="keep databases and MetaSchedule logs in DIR (new or empty)")
+    parser.add_argument("--make-corpus", metavar="DB", help="tune the CORPUS workloads into DB with random search, "
+                        "--corpus-trials each, and exit")
+    parser.add_argument("--corpus-trials", type=int, default=64, help="trials per corpus workload (default 64)")
+    parser.add_argument("--transfer", metavar="DB", help="also tune model-guided from a copy of this corpus "
+                        "(column 'transfer', primary in the ratios)")
     args = parser.parse_args(argv[1:])
     names = args.workloads.split(",") if args.workloads else list(SUITE)
-    strategies = args.strategies.split(",")
+    strategies = [s for s in args.strategies.split(",") if s]
+    ours = strategies + ([TRANSFER] if args.transfer else [])
+    if not ours:
+        parser.error("nothing of autotune to run: give --strategies or --transfer")
+    if args.transfer and not os.path.isfile(args.transfer):
+        parser.error(f"--transfer {args.transfer}: no such file (make one with --make-corpus)")
     if unknown := [n for n in names if n not in SUITE]:
         parser.error(f"unknown workloads {unknown}; known: {', '.join(SUITE)}")
     if unknown := [s for s in strategies if s not in STRATEGIES]:
@@ -308,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     if torch is not None:
         torch.set_num_threads(hw.num_cores)
     log = lambda msg: print(f"[compare] {msg}", file=sys.stderr, flush=True)
+    if args.make_corpus:
+        make_corpus(args.make_corpus, hw, args.corpus_trials, log)
+        return 0
     start, (busy0, own0) = time.perf_counter(), cpu_secs()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="compare-") as tmp:
@@ -319,12 +385,12 @@ def main(argv: list[str] | None = None) -> int:
             ref = reference(workload, hw)
             for trials in budgets:
                 outcomes: dict[str, Outcome] = {}
-                for tool in [*strategies, "MS"]:
+                for tool in [*ours, "MS"]:
                     log(f"{workload.name}: {tool}, {trials} trials ...")
                     if tool == "MS":
                         outcomes[tool] = run_metaschedule(workload, hw, trials, tmp, ref)
                     else:
-                        outcomes[tool] = run_autotune(workload, hw, trials, tool, tmp, ref)
+                        outcomes[tool] = run_autotune(workload, hw, trials, tool, tmp, ref, args.transfer)
                     x = outcomes[tool]
                     log(f"  failed: {x.error}" if x.error else
                         f"  {x.wall:.1f} s ({x.wall / trials:.2f} s/trial), best {x.secs * 1e3:.4g} ms re-timed")
@@ -337,8 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         row["outcomes"]["torch"] = torch_secs[row["name"]]
     busy1, own1 = cpu_secs()
     total = time.perf_counter() - start
-    text = header(hw, strategies, argv, total, max(0.0, (busy1 - busy0) - (own1 - own0))) + "\n\n"
-    text += table(rows, strategies) + "\n"
+    text = header(hw, ours, argv, total, max(0.0, (busy1 - busy0) - (own1 - own0))) + "\n\n"
+    text += table(rows, ours) + "\n"
     print(text)
     if args.write:
         new = not os.path.exists(args.write)

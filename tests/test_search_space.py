@@ -5,6 +5,7 @@ import json
 import platform
 import random
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -259,6 +260,63 @@ def test_constrain_keeps_one_vector_loop_and_feasible_rfactors():
     assert constrained["T_softmax_norm"]["vector"] == 1  # the sum is computed inside its last loop
 
 
+def test_strided_reads_are_the_operands_a_vector_axis_reads_with_a_stride():
+    dense = next(r for r in SearchSpace(ops.make("dense", "16,32,24")).rules if r.rule == "tile")
+    assert dense.strided_reads == (((0, 0),), ((1, 0),))  # data[i, k] along i, weight[j, k] along j
+    matmul = next(r for r in SearchSpace(ops.make("matmul", "16,32,24")).rules if r.rule == "tile")
+    assert matmul.strided_reads == (((0, 0),), ())  # B[k, j] is contiguous along j already
+    conv = next(r for r in SearchSpace(ops.make("conv2d_nchw", "1,8,10,10,16,3,3")).rules if r.rule == "tile")
+    assert conv.strided_reads[1] == ((1, 0),) and conv.strided_reads[3] == ()  # weight[k, c, r, s]; x[.., w + s]
+
+
+@pytest.mark.parametrize("op,shape,options,block,axis", [
+    ("dense", "16,32,24", {"bias": "true", "epilogue": "relu"}, "dense", 1),
+    ("matmul", "32,16,24", {}, "C", 0),
+    ("conv2d_nchw", "1,8,6,6,16,3,3", {"bias": "true", "relu": "true"}, "conv2d_nchw", 1),
+])
+@pytest.mark.parametrize("pack", [1, 2, 3])
+@pytest.mark.parametrize("accumulator", ["local", "global"])
+def test_packed_operands_and_other_vector_axes_compute_the_reference(op, shape, options, block, axis, pack,
+                                                                     accumulator, target):
+    workload = ops.make(op, shape, **options)
+    space = SearchSpace(workload)
+    rule = next(r for r in space.rules if r.block == block)
+    rng = random.Random(pack)
+    inputs = workload.random_inputs(seed=1)
+    expected = _run(workload.mod, workload, target, inputs)
+    for _ in range(3):
+        decisions = space._draw(rng)
+        tile = decisions["blocks"][block]
+        tile.update(accumulator=accumulator, vector_axis=axis, pack=pack)
+        tile["spatial"][axis] = [1, 2, rule.spatial[axis] // 16, 8]
+        candidate = Candidate(space.constrain(decisions))
+        script = apply_candidate(space, candidate).mod.script()
+        _assert_vector_loops_are_innermost(script, candidate)
+        # the packed operand's innermost axis is the 8 lanes of the vector loop
+        assert re.search(r"_global = T\.sblock_alloc_buffer\(\([0-9, ]+, 8\)\)", script), script
+        for got, want in zip(_run(apply_candidate(space, candidate).mod, workload, target, inputs), expected):
+            np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3, err_msg=json.dumps(candidate.decisions))
+
+
+def test_candidates_from_before_vector_axes_and_packing_keep_their_keys():
+    space = SearchSpace(ops.make("dense", "16,32,24"))
+    tile = {"spatial": [[1, 2, 4, 2], [1, 2, 2, 8]], "reduction": [[3, 8]], "write_level": 1, "accumulator": "local"}
+    old = Candidate({"format": 1, "blocks": {"dense": dict(tile)}, "unroll": 0})
+    spelled_out = {"format": 1, "blocks": {"dense": {**tile, "vector_axis": 1, "pack": 0}}, "unroll": 0}
+    assert Candidate(space.constrain(spelled_out)).key == old.key
+    no_lanes = {"format": 1, "blocks": {"dense": {**tile, "spatial": [[1, 2, 4, 2], [2, 2, 8, 1]], "pack": 2}}}
+    assert "pack" not in space.constrain(no_lanes)["blocks"]["dense"]  # nothing to pack without a vector
+
+
+def test_the_vector_axis_can_be_kept_last():
+    config = load_space_config("cpu")
+    space = SearchSpace(ops.make("conv2d_nchw", "1,16,6,6,16,3,3"), replace(config, vector_axes="last"))
+    rng = random.Random(0)
+    assert all("vector_axis" not in space._draw(rng)["blocks"]["conv2d_nchw"] for _ in range(20))
+    space = SearchSpace(ops.make("conv2d_nchw", "1,16,6,6,16,3,3"), config)
+    assert {space._draw(rng)["blocks"]["conv2d_nchw"].get("vector_axis", 3) for _ in range(40)} == {1, 3}
+
+
 def test_tiles_of_the_vectorized_loop_multiply_to_the_extent():
     space = SearchSpace(ops.make("matmul", "127,100,33"))
     rng = random.Random(5)
@@ -315,6 +373,8 @@ def _write_variant(tmp_path, old, new):
         ('structure = "SSRSRS"', 'structure = "SXR"', "tiling.structure"),
         ("write_levels = [1, 2]", "write_levels = [7]", "tiling.write_levels"),
         ("enabled = true\n", "", "missing key compute_location.enabled"),
+        ('vector_axes = "any"', 'vector_axes = "first"', "tiling.vector_axes has an invalid value"),
+        ("pack_levels = [0, 1, 2, 3]", "pack_levels = [0, 6]", "tiling.pack_levels has an invalid value"),
         ("[tiling]", "[tiling", "cannot read"),
     ],
 )
