@@ -135,7 +135,7 @@ class SearchSpace:
             if _rfactor_of(d) > 1:
                 d["vector"] = 1  # the reduction's vector loop replaces the spatial one
             if rule.rule == "tile" and d:
-                _canonical_tile(rule, d)
+                _canonical_tile(rule, d, self.config)
         return decisions
 
     def _draw(self, rng: random.Random) -> dict[str, Any]:
@@ -398,13 +398,14 @@ def _vector_axis(rule: BlockRule, d: dict[str, Any]) -> int:
     return int(d.get("vector_axis", len(rule.spatial) - 1))
 
 
-def _canonical_tile(rule: BlockRule, d: dict[str, Any]) -> None:
+def _canonical_tile(rule: BlockRule, d: dict[str, Any], config: SpaceConfig) -> None:
     """Keep a tiled block's vector-axis and pack decisions to those that mean something.
 
     A vector axis whose innermost tile is 1 is no vector axis, and the last axis is the default:
     both are dropped, so such a candidate keeps the key it had before these decisions existed.
     Another axis accumulates in a local buffer whose innermost axis it is: accumulating in the
-    output itself would scatter every vector (and such code takes LLVM minutes to compile).
+    output itself would scatter every vector (and such code takes LLVM minutes to compile), and
+    its register tile is kept to config.max_transposed_register_tile elements.
     Packing needs a strided operand and a vector of more than one lane.
     """
     axis = _vector_axis(rule, d)
@@ -414,10 +415,24 @@ def _canonical_tile(rule: BlockRule, d: dict[str, Any]) -> None:
         d.pop("vector_axis", None)
     else:
         d["accumulator"] = "local"
+        _shrink_register_tile(d["spatial"], axis, config.max_transposed_register_tile)
     if not (rule.strided_reads and rule.strided_reads[axis] and d["spatial"][axis][-1] > 1):
         d.pop("pack", None)
     if d.get("pack") == 0:
         d.pop("pack")
+
+
+def _shrink_register_tile(spatial: list[list[int]], vector_axis: int, limit: int) -> None:
+    """Move prime factors of the other axes' innermost tiles one level out (largest tile first)
+    until the register tile has at most `limit` elements; the vector loop is left as it is."""
+    others = [i for i in range(len(spatial)) if i != vector_axis]
+    while _product(f[-1] for f in spatial) > limit:
+        axis = max(others, key=lambda i: spatial[i][-1])
+        if spatial[axis][-1] == 1:
+            return
+        prime = next(p for p in range(2, spatial[axis][-1] + 1) if spatial[axis][-1] % p == 0)
+        spatial[axis][-1] //= prime
+        spatial[axis][-2] *= prime
 
 
 def _keep_attached_loops_serial(rules: tuple[BlockRule, ...], blocks: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, type | None]]] = {
         "write_levels": (list, int),
         "accumulator_scopes": (list, str),
         "vector_axes": (str, None),
+        "max_transposed_register_tile": (int, None),
         "pack_levels": (list, int),
     },
     "loops": {"vector_factors": (list, int), "reduction_vector_factors": (list, int)},
@@ -46,6 +47,7 @@ class SpaceConfig:
     write_levels: tuple[int, ...]
     accumulator_scopes: tuple[str, ...]
     vector_axes: str  # "last": only the last spatial loop is vectorized; "any": any whose extent allows it
+    max_transposed_register_tile: int  # register tile elements when another axis than the last is vectorized
     pack_levels: tuple[int, ...]  # 0: no packing; L: strided operands packed after the L-th letter's loops
     loop_vector_factors: tuple[int, ...]
     reduction_vector_factors: tuple[int, ...]
@@ -123,6 +125,7 @@ def _check_values(data: dict[str, Any], path: Path) -> None:
         "tiling.write_levels": not all(1 <= v < structure.count("S") for v in tiling["write_levels"]),
         "tiling.accumulator_scopes": not set(tiling["accumulator_scopes"]) <= {"local", "global"},
         "tiling.vector_axes": tiling["vector_axes"] not in ("last", "any"),
+        "tiling.max_transposed_register_tile": tiling["max_transposed_register_tile"] < 1,
         "tiling.pack_levels": not all(0 <= v < len(structure) for v in tiling["pack_levels"]),
         "loops.vector_factors": min(data["loops"]["vector_factors"]) < 1,
         "loops.reduction_vector_factors": min(data["loops"]["reduction_vector_factors"]) < 1,
@@ -144,6 +147,7 @@ def _to_config(data: dict[str, Any], path: Path) -> SpaceConfig:
         write_levels=tuple(tiling["write_levels"]),
         accumulator_scopes=tuple(tiling["accumulator_scopes"]),
         vector_axes=tiling["vector_axes"],
+        max_transposed_register_tile=tiling["max_transposed_register_tile"],
         pack_levels=tuple(tiling["pack_levels"]),
         loop_vector_factors=tuple(data["loops"]["vector_factors"]),
         reduction_vector_factors=tuple(data["loops"]["reduction_vector_factors"]),

@@ -1,6 +1,7 @@
 """The search space: rules per block, TOML validation, and a property test that sampled
 candidates of every built-in operator build and compute the right numbers."""
 
+import copy
 import json
 import platform
 import random
@@ -308,6 +309,20 @@ def test_candidates_from_before_vector_axes_and_packing_keep_their_keys():
     assert "pack" not in space.constrain(no_lanes)["blocks"]["dense"]  # nothing to pack without a vector
 
 
+def test_a_transposed_register_tile_is_kept_small():
+    space = SearchSpace(ops.make("batch_matmul", "12,128,128,64"))
+    tile = {"spatial": [[1, 1, 2, 6], [1, 1, 2, 64], [1, 1, 2, 64]], "reduction": [[16, 4]],
+            "write_level": 1, "accumulator": "global", "vector_axis": 1}
+    constrained = space.constrain({"format": 1, "blocks": {"C": copy.deepcopy(tile)}, "unroll": 0})["blocks"]["C"]
+    inner = [f[-1] for f in constrained["spatial"]]
+    assert inner[1] == 64 and int(np.prod(inner)) <= space.config.max_transposed_register_tile
+    assert [int(np.prod(f)) for f in constrained["spatial"]] == [12, 128, 128]  # still tiles the loops
+    assert constrained["accumulator"] == "local"
+    last = dict(copy.deepcopy(tile), vector_axis=2)  # the last axis: the space as it was, large tiles included
+    assert space.constrain({"format": 1, "blocks": {"C": last}, "unroll": 0})["blocks"]["C"]["spatial"] == tile["spatial"]
+    assert int(np.prod([f[-1] for f in tile["spatial"]])) > space.config.max_transposed_register_tile
+
+
 def test_the_vector_axis_can_be_kept_last():
     config = load_space_config("cpu")
     space = SearchSpace(ops.make("conv2d_nchw", "1,16,6,6,16,3,3"), replace(config, vector_axes="last"))
@@ -375,6 +390,7 @@ def _write_variant(tmp_path, old, new):
         ("enabled = true\n", "", "missing key compute_location.enabled"),
         ('vector_axes = "any"', 'vector_axes = "first"', "tiling.vector_axes has an invalid value"),
         ("pack_levels = [0, 1, 2, 3]", "pack_levels = [0, 6]", "tiling.pack_levels has an invalid value"),
+        ("max_transposed_register_tile = 512\n", "", "missing key tiling.max_transposed_register_tile"),
         ("[tiling]", "[tiling", "cannot read"),
     ],
 )
