@@ -42,7 +42,9 @@ class MeasureOptions:
     """How candidates are built and timed."""
 
     builders: int = 0  # 0: one per core of the target
-    build_timeout: float = 120.0
+    # A kernel builds in 0.1-3 s here; the rare candidate whose code LLVM takes minutes over (huge
+    # unrolled register tiles) is not worth a builder's time. MetaSchedule's default is 30 s too.
+    build_timeout: float = 30.0
     run_timeout: float = 30.0
     repeat: int = 5  # timed repeats; the median is the latency
     min_repeat_ms: int = 30  # each repeat loops the kernel for at least this long
