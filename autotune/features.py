@@ -19,7 +19,7 @@ import numpy as np
 import tvm
 from tvm.s_tir import meta_schedule as ms
 
-from .search_space import Candidate, SearchSpace, apply_candidate
+from .search_space import Candidate, SearchSpace, apply_candidate, vector_axis
 from .target import HardwareTarget
 
 # 2: loops_rfactor, n_kept_producers; 3: store counts relative to the workload's size;
@@ -106,7 +106,7 @@ class FeatureExtractor:
         inner_reduce = rlevel[-1]
         below_writeback = math.prod(level[tile["write_level"]:])
         elem = 4.0
-        axis = int(tile.get("vector_axis", len(spatial) - 1))
+        axis = vector_axis(tile)
         out["log2_vector"] = math.log2(spatial[axis][-1]) if spatial else 0.0
         out["vector_axis_not_last"] = float(axis != len(spatial) - 1)
         out["pack_level"] = float(tile.get("pack", 0))

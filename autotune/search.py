@@ -21,7 +21,7 @@ import numpy as np
 from .cost_model import CostModel, latency_or_nan
 from .features import FeatureExtractor
 from .records import TrialRecord
-from .search_space import Candidate, SearchSpace, redraw_vector_axis, rfactor_choices
+from .search_space import Candidate, SearchSpace, redraw_vector_axis, rfactor_choices, smallest_prime_factor
 
 # How many consecutive duplicate draws mean that the space is (nearly) exhausted.
 _MAX_DUPLICATE_DRAWS = 200
@@ -207,13 +207,9 @@ def _move_factor(block: dict[str, Any], rng: random.Random) -> None:
     factors = rng.choice(loops)
     source = rng.choice([i for i, f in enumerate(factors) if f > 1])
     dest = rng.choice([i for i in range(len(factors)) if i != source])
-    prime = _smallest_prime_factor(factors[source]) if rng.random() < 0.5 else _random_prime_factor(factors[source], rng)
+    prime = smallest_prime_factor(factors[source]) if rng.random() < 0.5 else _random_prime_factor(factors[source], rng)
     factors[source] //= prime
     factors[dest] *= prime
-
-
-def _smallest_prime_factor(n: int) -> int:
-    return next(p for p in range(2, n + 1) if n % p == 0)
 
 
 def _random_prime_factor(n: int, rng: random.Random) -> int:

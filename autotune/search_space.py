@@ -393,9 +393,9 @@ def redraw_vector_axis(rule: BlockRule, d: dict[str, Any], config: SpaceConfig, 
     d["spatial"][axis] = _draw_tile(rule.spatial[axis], config.spatial_levels, config, rng, vectorized=True)
 
 
-def _vector_axis(rule: BlockRule, d: dict[str, Any]) -> int:
-    """The tiled block's vectorized spatial loop; candidates from before the decision existed: the last."""
-    return int(d.get("vector_axis", len(rule.spatial) - 1))
+def vector_axis(d: dict[str, Any]) -> int:
+    """A tiled block's vectorized spatial loop; candidates from before the decision existed: the last."""
+    return int(d.get("vector_axis", len(d["spatial"]) - 1))
 
 
 def _canonical_tile(rule: BlockRule, d: dict[str, Any], config: SpaceConfig) -> None:
@@ -408,7 +408,7 @@ def _canonical_tile(rule: BlockRule, d: dict[str, Any], config: SpaceConfig) -> 
     its register tile is kept to config.max_transposed_register_tile elements.
     Packing needs a strided operand and a vector of more than one lane.
     """
-    axis = _vector_axis(rule, d)
+    axis = vector_axis(d)
     if d["spatial"][axis][-1] == 1:
         axis = len(rule.spatial) - 1
     if axis == len(rule.spatial) - 1:
@@ -430,9 +430,13 @@ def _shrink_register_tile(spatial: list[list[int]], vector_axis: int, limit: int
         axis = max(others, key=lambda i: spatial[i][-1])
         if spatial[axis][-1] == 1:
             return
-        prime = next(p for p in range(2, spatial[axis][-1] + 1) if spatial[axis][-1] % p == 0)
+        prime = smallest_prime_factor(spatial[axis][-1])
         spatial[axis][-1] //= prime
         spatial[axis][-2] *= prime
+
+
+def smallest_prime_factor(n: int) -> int:
+    return next(p for p in range(2, n + 1) if n % p == 0)
 
 
 def _keep_attached_loops_serial(rules: tuple[BlockRule, ...], blocks: dict[str, Any]) -> None:
@@ -507,7 +511,7 @@ def _apply_tiling(sch: s_tir.Schedule, rule: BlockRule, d: dict[str, Any], confi
     block = sch.get_sblock(rule.block)
     loops = sch.get_loops(block)
     n_spatial = len(rule.spatial)
-    axis = _vector_axis(rule, d)
+    axis = vector_axis(d)
     s_tiles = [sch.split(lp, factors=f) for lp, f in zip(loops[:n_spatial], d["spatial"])]
     r_tiles = [sch.split(lp, factors=f) for lp, f in zip(loops[n_spatial:], d["reduction"])]
     s_tiles = [t for i, t in enumerate(s_tiles) if i != axis] + [s_tiles[axis]]  # the vector loop innermost
@@ -565,7 +569,7 @@ def _pack_operands(sch: s_tir.Schedule, block: Any, reads: tuple[tuple[int, int]
         packed = sch.cache_read(block, read_index, "global")
         buffer = sch.get(packed).writes[0].source
         ndim = len(buffer.shape)
-        sch.transform_layout(packed, ("write", 0), _split_last(ndim, buffer_axis, lanes, str(buffer.shape[0].ty)))
+        sch.transform_layout(packed, ("write", 0), _moved_last(ndim, buffer_axis, str(buffer.shape[0].ty), lanes))
         sch.compute_at(packed, loop, preserve_unit_loops=True)
         copy_loops = sch.get_loops(packed)[-ndim:]
         outer, inner = sch.split(copy_loops[buffer_axis], factors=[None, lanes])
@@ -573,17 +577,12 @@ def _pack_operands(sch: s_tir.Schedule, block: Any, reads: tuple[tuple[int, int]
         sch.vectorize(inner)  # written contiguously, in the packed order
 
 
-def _split_last(ndim: int, axis: int, lanes: int, dtype: str) -> tvm.tirx.IndexMap:
-    """(i0, .., i_axis, .., in) -> (i_axis // lanes, the others, i_axis % lanes), in the buffer's index type."""
+def _moved_last(ndim: int, axis: int, dtype: str, lanes: int = 0) -> tvm.tirx.IndexMap:
+    """(i0, .., i_axis, .., in) -> (the others, i_axis), or with lanes (i_axis // lanes, the others,
+    i_axis % lanes), in the buffer's index type."""
     def mapping(*i: Any) -> list[Any]:
-        return [i[axis] // lanes, *i[:axis], *i[axis + 1:], i[axis] % lanes]
-    return tvm.tirx.IndexMap.from_func(mapping, ndim=ndim, index_dtype=dtype)
-
-
-def _moved_last(ndim: int, axis: int, dtype: str) -> tvm.tirx.IndexMap:
-    """(i0, .., i_axis, .., in) -> (the others, i_axis), in the buffer's index type."""
-    def mapping(*i: Any) -> list[Any]:
-        return [*i[:axis], *i[axis + 1:], i[axis]]
+        others = [*i[:axis], *i[axis + 1:]]
+        return [i[axis] // lanes, *others, i[axis] % lanes] if lanes else [*others, i[axis]]
     return tvm.tirx.IndexMap.from_func(mapping, ndim=ndim, index_dtype=dtype)
 
 

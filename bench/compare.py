@@ -104,8 +104,8 @@ CORPUS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "resnet_pool": ("pool2d", "1,64,112,112,3,3", {"stride": 2, "padding": 1}),
 }
 TRANSFER = "transfer"  # the tool name of model-guided search starting from the corpus
-MS_BUILD_TIMEOUT_SECS = 120.0
-RETIME_ROUNDS = 3  # MetaSchedule's default is 30 s (see the docstring)
+MS_BUILD_TIMEOUT_SECS = 120.0  # MetaSchedule's default is 30 s (see the docstring)
+RETIME_ROUNDS = 3
 
 
 @dataclass
