@@ -366,7 +366,7 @@ def _draw_block(rule: BlockRule, config: SpaceConfig, rng: random.Random) -> dic
             "write_level": rng.choice(config.write_levels),
             "accumulator": rng.choice(config.accumulator_scopes),
             "vector_axis": axis,
-            "pack": rng.choice(config.pack_levels),
+            "pack": rng.choice(_pack_levels(rule, config, axis)),
         }
     loops = _draw_loops(rule, config, rng)
     if rule.inlinable:
@@ -406,7 +406,8 @@ def _canonical_tile(rule: BlockRule, d: dict[str, Any], config: SpaceConfig) -> 
     Another axis accumulates in a local buffer whose innermost axis it is: accumulating in the
     output itself would scatter every vector (and such code takes LLVM minutes to compile), and
     its register tile is kept to config.max_transposed_register_tile elements.
-    Packing needs a strided operand and a vector of more than one lane.
+    Packing needs a strided operand and a vector of more than one lane; another axis than the
+    last always packs its strided operands (see `_pack_levels`).
     """
     axis = vector_axis(d)
     if d["spatial"][axis][-1] == 1:
@@ -418,8 +419,20 @@ def _canonical_tile(rule: BlockRule, d: dict[str, Any], config: SpaceConfig) -> 
         _shrink_register_tile(d["spatial"], axis, config.max_transposed_register_tile)
     if not (rule.strided_reads and rule.strided_reads[axis] and d["spatial"][axis][-1] > 1):
         d.pop("pack", None)
+    elif d.get("pack", 0) not in _pack_levels(rule, config, axis):
+        d["pack"] = min(_pack_levels(rule, config, axis))
     if d.get("pack") == 0:
         d.pop("pack")
+
+
+def _pack_levels(rule: BlockRule, config: SpaceConfig, axis: int) -> tuple[int, ...]:
+    """The pack levels of a tiled block vectorized along `axis`. Another axis than the last, when
+    it reads an operand with a stride, always packs (if the config packs at all): unpacked, every
+    vector load of that operand is a gather of scalars, slow to run, and once unrolled LLVM took
+    10 s to minutes to compile it (a 64-lane gather unrolled 64 times: over 120 s)."""
+    if axis == len(rule.spatial) - 1 or not (rule.strided_reads and rule.strided_reads[axis]):
+        return config.pack_levels
+    return tuple(level for level in config.pack_levels if level > 0) or config.pack_levels
 
 
 def _shrink_register_tile(spatial: list[list[int]], vector_axis: int, limit: int) -> None:
@@ -564,7 +577,12 @@ def _pack_operands(sch: s_tir.Schedule, block: Any, reads: tuple[tuple[int, int]
     """Copy each strided operand, inside `loop`, into a buffer whose innermost axis is the vector
     axis split by the vector width (W[n, k] -> W[n // v, k, n % v]): a panel of v rows becomes
     contiguous, so the block's vector loads are too. TVM shrinks the copy to the region the
-    block reads under `loop` and allocates it there (per parallel iteration, when inside one)."""
+    block reads under `loop` and allocates it there (per parallel iteration, when inside one).
+
+    The copy loops run in the packed order (written contiguously) and are not vectorized: their
+    reads are strided, so a vector would be a gather of scalars. Vectorized, 32- and 64-lane
+    copies under an unroll pragma took LLVM over 30 s to compile (a batch matmul: 33 s, against
+    0.1 s scalar), and the packed kernels ran no faster (measured within ±10% either way)."""
     for read_index, buffer_axis in reads:
         packed = sch.cache_read(block, read_index, "global")
         buffer = sch.get(packed).writes[0].source
@@ -574,7 +592,6 @@ def _pack_operands(sch: s_tir.Schedule, block: Any, reads: tuple[tuple[int, int]
         copy_loops = sch.get_loops(packed)[-ndim:]
         outer, inner = sch.split(copy_loops[buffer_axis], factors=[None, lanes])
         sch.reorder(outer, *[lp for i, lp in enumerate(copy_loops) if i != buffer_axis], inner)
-        sch.vectorize(inner)  # written contiguously, in the packed order
 
 
 def _moved_last(ndim: int, axis: int, dtype: str, lanes: int = 0) -> tvm.tirx.IndexMap:

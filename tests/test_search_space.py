@@ -309,6 +309,21 @@ def test_candidates_from_before_vector_axes_and_packing_keep_their_keys():
     assert "pack" not in space.constrain(no_lanes)["blocks"]["dense"]  # nothing to pack without a vector
 
 
+def test_another_vector_axis_always_packs_its_strided_operands():
+    """Unpacked, its vector loads would be gathers of scalars: slow, and minutes of LLVM once unrolled."""
+    space = SearchSpace(ops.make("dense", "16,32,24"))
+    tile = {"spatial": [[1, 2, 1, 8], [1, 2, 4, 4]], "reduction": [[3, 8]], "write_level": 1,
+            "accumulator": "local", "vector_axis": 0, "pack": 0}
+    assert space.constrain({"format": 1, "blocks": {"dense": dict(tile)}, "unroll": 0})["blocks"]["dense"]["pack"] == 1
+    rng = random.Random(0)
+    drawn = [space.constrain(space._draw(rng))["blocks"]["dense"] for _ in range(100)]
+    other_axis = [d for d in drawn if d.get("vector_axis") == 0]
+    assert other_axis and all(d["pack"] in (1, 2, 3) for d in other_axis)
+    assert any("pack" not in d for d in drawn if "vector_axis" not in d)  # the last axis may still gather
+    unpacked = SearchSpace(space.workload, replace(space.config, pack_levels=(0,)))
+    assert "pack" not in unpacked.constrain({"format": 1, "blocks": {"dense": dict(tile)}, "unroll": 0})["blocks"]["dense"]
+
+
 def test_a_transposed_register_tile_is_kept_small():
     space = SearchSpace(ops.make("batch_matmul", "12,128,128,64"))
     tile = {"spatial": [[1, 1, 2, 6], [1, 1, 2, 64], [1, 1, 2, 64]], "reduction": [[16, 4]],
