@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import xgboost as xgb
@@ -165,6 +165,25 @@ def warm_start(
     return model
 
 
+def _cached_features(
+    db: Database, workload_row: dict[str, Any], group: list[TrialRecord], target: HardwareTarget, config: SpaceConfig
+) -> np.ndarray:
+    """Features of one workload's records: those the database keeps, the others computed (by
+    replaying each candidate) and then kept. Rows are per (workload, target, candidate, feature
+    version): the features read the target's caches and cores, and change with FEATURE_VERSION."""
+    workload_key = workload_row["key"]
+    cached = db.cached_features(workload_key, target.key, FEATURE_VERSION)
+    row_bytes = FEATURE_LENGTH * np.dtype(np.float32).itemsize
+    missing = list({r.candidate_key: r for r in group if len(cached.get(r.candidate_key, b"")) != row_bytes}.values())
+    if missing:
+        extractor = FeatureExtractor(SearchSpace(stored_workload(workload_row), config), target)
+        computed = extractor.extract([Candidate(r.decisions) for r in missing])
+        new_rows = {r.candidate_key: row.tobytes() for r, row in zip(missing, computed)}
+        db.save_features(workload_key, target.key, FEATURE_VERSION, new_rows)
+        cached.update(new_rows)
+    return np.vstack([np.frombuffer(cached[r.candidate_key], dtype=np.float32) for r in group])
+
+
 def _features_of_records(
     db: Database, records: list[TrialRecord], target: HardwareTarget, config: SpaceConfig
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -177,9 +196,7 @@ def _features_of_records(
         if row is None:
             continue
         try:
-            space = SearchSpace(stored_workload(row), config)
-            extractor = FeatureExtractor(space, target)
-            rows.append(extractor.extract([Candidate(r.decisions) for r in group]))
+            rows.append(_cached_features(db, row, group, target, config))
         except Exception as err:  # a record that no longer replays is skipped, not fatal
             logger.warning("skipping %d records of workload %s for the cost model: %s", len(group), key, err)
             continue

@@ -291,6 +291,27 @@ class Database:
         ))
         return (bytes(rows[0]["model"]), int(rows[0]["n_records"])) if rows else None
 
+    # -- cost-model features of past records ----------------------------------------------
+
+    def cached_features(self, workload_key: str, target_key: str, feature_version: int) -> dict[str, bytes]:
+        """Feature rows (float32 bytes) already computed for this workload's candidates, by candidate key."""
+        rows = self._db.query(
+            "SELECT candidate_key, features FROM features WHERE workload_key = ? AND target_key = ? "
+            "AND feature_version = ?", [workload_key, target_key, feature_version],
+        )
+        return {r["candidate_key"]: bytes(r["features"]) for r in rows}
+
+    def save_features(self, workload_key: str, target_key: str, feature_version: int, rows: dict[str, bytes]) -> None:
+        """Keep feature rows so that the next warm start does not replay and analyse these candidates again."""
+        if not rows:
+            return
+        with self._db.conn:
+            self._db.table("features").upsert_all(
+                [{"workload_key": workload_key, "target_key": target_key, "candidate_key": key,
+                  "feature_version": feature_version, "features": blob} for key, blob in rows.items()],
+                pk=("workload_key", "target_key", "candidate_key", "feature_version"),
+            )
+
     # -- lifetime -------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -385,8 +406,19 @@ def _m006_workload_json(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE workloads ADD COLUMN mod_json TEXT")
 
 
+def _m007_features(db: sqlite_utils.Database) -> None:
+    """Cost-model features of measured candidates: a derived cache (recomputable from the trials'
+    decisions) that spares each warm start replaying and analysing every past record, seconds per
+    few hundred records."""
+    db.table("features").create(
+        {"workload_key": str, "target_key": str, "candidate_key": str, "feature_version": int, "features": bytes},
+        pk=("workload_key", "target_key", "candidate_key", "feature_version"),
+    )
+
+
 _MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _m001_initial, _m002_models, _m003_trial_identity, _m004_sessions, _m005_checks, _m006_workload_json,
+    _m007_features,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -98,6 +98,7 @@ class ModelGuidedSearch(RandomSearch):
         self.measured: list[tuple[float, Candidate]] = [
             (latency_or_nan(r), Candidate(r.decisions)) for r in measured if r.decisions  # trace-only: not ours to mutate
         ]
+        self.told_features: dict[str, np.ndarray] = {}
 
     def ask(self, n: int) -> list[Candidate]:
         if not self.model.is_trained or self.seeds:
@@ -113,6 +114,7 @@ class ModelGuidedSearch(RandomSearch):
         self.measured += [(latency_or_nan(r), c) for r, c in zip(records, candidates)]
         features = self.extractor.extract(candidates)
         self.model.update(features, [latency_or_nan(r) for r in records], [r.workload_key for r in records])
+        self.told_features = {r.candidate_key: row for r, row in zip(records, features)}  # for the database's cache
 
     # -- evolution ------------------------------------------------------------------------
 

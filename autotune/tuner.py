@@ -196,6 +196,9 @@ class TaskTuner:
                 progress(_progress(self.db, self.workload, self.target, record, count, total or count))
         self.search.tell(done)
         self._saved_on = _save_model(self.db, self.target, self.search, self._saved_on)
+        if isinstance(self.search, ModelGuidedSearch):  # the next warm start reads them instead of replaying
+            rows = {key: row.tobytes() for key, row in self.search.told_features.items()}
+            self.db.save_features(self.workload.key, self.target.key, FEATURE_VERSION, rows)
         return done
 
     def verify_best(self, attempts: int = 3) -> tuple[TrialRecord | None, float | None]:

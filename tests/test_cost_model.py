@@ -103,6 +103,25 @@ def test_warm_start_trains_on_every_workload_of_the_target_and_reloads(tmp_path,
         np.testing.assert_allclose(again.predict(probe), model.predict(probe), rtol=1e-6)
 
 
+def test_warm_start_keeps_the_features_it_computed(tmp_path, hw, monkeypatch):
+    with Database(tmp_path / "t.db") as db:
+        space = SearchSpace(ops.make("matmul", "32,32,32"))
+        db.commit_workload(space.workload)
+        records = _records(space, hw, [1e-3 * (1 + i % 5) for i in range(20)])
+        for record in records:
+            db.commit_trial(record)
+        first = warm_start(db, hw, space.config)
+        kept = db.cached_features(space.workload.key, hw.key, FEATURE_VERSION)
+        assert set(kept) == {r.candidate_key for r in records}
+        assert db.cached_features(space.workload.key, hw.key, FEATURE_VERSION + 1) == {}  # per feature version
+
+        def replay(*args, **kwargs):
+            raise AssertionError("features of kept records were recomputed")
+        monkeypatch.setattr(FeatureExtractor, "extract", replay)
+        again = warm_start(db, hw, space.config)
+        np.testing.assert_array_equal(again.features, first.features)
+
+
 def test_warm_start_ignores_a_model_saved_for_older_features(tmp_path, hw):
     with Database(tmp_path / "t.db") as db:
         space = SearchSpace(ops.make("matmul", "32,32,32"))

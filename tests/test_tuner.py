@@ -10,6 +10,7 @@ import autotune
 from autotune import ops
 from autotune.database import Database
 from autotune.errors import BudgetError
+from autotune.features import FEATURE_VERSION
 from autotune.records import Status
 from autotune.search_space import SearchSpace
 from autotune.target import resolve_target
@@ -57,6 +58,9 @@ def test_second_session_measures_only_new_candidates(db_path):
     first_keys = {r.candidate_key for r in first.trials}
     assert not first_keys & {r.candidate_key for r in second.trials}
     assert second.best_latency <= first.best_latency
+    with Database(db_path) as db:  # model-guided (the default): the features of measured candidates are kept
+        kept = db.cached_features(workload.key, first.target.key, FEATURE_VERSION)
+    assert first_keys | {r.candidate_key for r in second.trials} <= set(kept)
 
 
 def test_fused_dense_epilogue_is_checked_and_applied(db_path):
