@@ -49,6 +49,10 @@ class MeasureOptions:
     repeat: int = 5  # timed repeats; the median is the latency
     min_repeat_ms: int = 30  # each repeat loops the kernel for at least this long
     slow_secs: float = 0.2  # kernels slower than this get fewer repeats
+    # While tuning, a candidate whose first timed repeat is this many times the best latency so far
+    # stops there (one repeat instead of `repeat`): it cannot become the best, and its one repeat of
+    # min_repeat_ms is precise enough to rank it for the cost model. 0 times every repeat.
+    screen_ratio: float = 1.5
     # Address-space cap of each worker (0: half the machine's memory), so code that allocates
     # without bound fails in its worker instead of taking the machine down.
     memory_limit_mb: int = 0
@@ -270,22 +274,25 @@ class Measurer:
         self._run_timeout = max(self.options.run_timeout, 10 * float(answer["secs"]) + 1)
         return float(answer["secs"])
 
-    def measure(self, candidates: Sequence[Candidate]) -> Iterator[TrialRecord]:
+    def measure(self, candidates: Sequence[Candidate], best_so_far: float | None = None) -> Iterator[TrialRecord]:
         """Build all candidates in parallel, then time them (one by one here, or in parallel on a fleet's
-        devices); yields a record as each finishes."""
+        devices); yields a record as each finishes. With `best_so_far` (seconds), candidates that are
+        clearly slower get one timed repeat only (see MeasureOptions.screen_ratio)."""
         if not self._prepared:
             self.prepare()
+        screen = best_so_far * self.options.screen_ratio if best_so_far and self.options.screen_ratio > 0 else None
         builds = [self._workers.threads.submit(self._build, c) for c in candidates]
         if self._workers.remote is None:  # one at a time on this machine, once no build competes for the cores
             for candidate, built in zip(candidates, [b.result() for b in builds]):
-                yield self._run(candidate, built)
+                yield self._run(candidate, built, screen)
             return
-        runs = [self._workers.remote.threads.submit(self._run_when_built, c, b) for c, b in zip(candidates, builds)]
+        runs = [self._workers.remote.threads.submit(self._run_when_built, c, b, screen)
+                for c, b in zip(candidates, builds)]
         for run in as_completed(runs):  # the fleet's devices run in parallel, each as soon as its build is done
             yield run.result()
 
-    def _run_when_built(self, candidate: Candidate, built: Future[dict[str, Any]]) -> TrialRecord:
-        return self._run(candidate, built.result())
+    def _run_when_built(self, candidate: Candidate, built: Future[dict[str, Any]], screen: float | None) -> TrialRecord:
+        return self._run(candidate, built.result(), screen)
 
     def _build(self, candidate: Candidate) -> dict[str, Any]:
         out_path = os.path.join(self._tmp.name, f"{candidate.key}.so")
@@ -306,7 +313,7 @@ class Measurer:
         finally:
             self._workers.idle_builders.put(worker)
 
-    def _run(self, candidate: Candidate, built: dict[str, Any]) -> TrialRecord:
+    def _run(self, candidate: Candidate, built: dict[str, Any], screen: float | None = None) -> TrialRecord:
         record = dict(
             workload_key=self.space.workload.key,
             target_key=self.target.key,
@@ -326,6 +333,7 @@ class Measurer:
             "repeat": self.options.repeat,
             "min_repeat_ms": self.options.min_repeat_ms,
             "slow_secs": self.options.slow_secs,
+            "screen_secs": screen,
             "inject": self.options.inject(candidate) if self.options.inject is not None else None,
         }
         try:

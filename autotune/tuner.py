@@ -186,8 +186,9 @@ class TaskTuner:
         if self.baseline is None:
             self.baseline = self.measurer.prepare()
         batch = self.search.ask(n)
+        best = self.db.best(self.workload.key, self.target.key)
         done: list[TrialRecord] = []
-        for record in self.measurer.measure(batch):
+        for record in self.measurer.measure(batch, best_so_far=best.latency if best else None):
             record = replace(record, session_id=self.session_id)
             record = _with_id(record, self.db.commit_trial(record))
             done.append(record)

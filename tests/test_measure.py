@@ -71,3 +71,23 @@ def test_a_failing_job_is_an_answer_not_a_dead_worker(tmp_path, arrays):
         assert worker.call(_request(good, arrays), timeout=60)["status"] == "ok"
     finally:
         worker.kill()
+
+
+def test_a_clearly_slower_candidate_is_timed_once_and_still_checked(tmp_path, arrays):
+    good = _export(tmp_path, "good", lambda A, i: A[i] * 2.0)
+    wrong = _export(tmp_path, "wrong", lambda A, i: A[i] * 3.0)
+    worker = WorkerProcess("runner", threads=1)
+    try:
+        def latencies(lib, screen_secs):
+            answer = worker.call({**_request(lib, arrays), "screen_secs": screen_secs}, timeout=60)
+            return answer["status"], answer["latencies"]
+
+        status, timed = latencies(good, None)
+        assert status == "ok" and len(timed) == 3
+        status, screened = latencies(good, 1e-12)  # far slower than this "best": one repeat
+        assert status == "ok" and len(screened) == 1 and screened[0] > 1e-12
+        status, contender = latencies(good, 10.0)  # within the screen: every repeat
+        assert status == "ok" and len(contender) == 3
+        assert latencies(wrong, 1e-12)[0] == Status.WRONG_RESULT.value  # screened, still checked
+    finally:
+        worker.kill()
