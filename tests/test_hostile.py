@@ -33,7 +33,7 @@ def _toml_value(value) -> str:
     if isinstance(value, (int, float)):
         return repr(value) if value == value and abs(value) != float("inf") else "0"
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")  # TOML, unlike JSON, escapes DEL
     return "[" + ", ".join(_toml_value(v) for v in value) + "]"
 
 
