@@ -79,6 +79,10 @@ _POOL_OPTIONS = {
     "stride": "stride in both spatial axes (default R and S: the windows tile the input)",
     "padding": "padding on each spatial side (default 0)",
 }
+_SOFTMAX_OPTIONS = {
+    "fast_exp": "exp as TVM's topi.fast_exp, a vectorizable polynomial, instead of a libm call per element; "
+                "relative error up to ~5e-6 for exponents near -87, ~1e-7 near 0 (true|false)",
+}
 _CONV_OPTIONS = {
     "stride": "stride in both spatial axes (default 1)",
     "padding": "zero padding on each spatial side (default (R-1)//2 and (S-1)//2, 'same' for odd kernels)",
@@ -136,7 +140,7 @@ def _parse_option(name: str, defaults: dict[str, Any], key: str, value: Any) -> 
     if key not in defaults:
         raise ShapeError(f"{name} has no option {key!r}; its options: {', '.join(defaults) or 'none'}")
     text = str(value).strip().lower()
-    if key in ("bias", "relu"):
+    if key in ("bias", "relu", "fast_exp"):
         expected, ok = "true or false", text in _BOOLS
         result: Any = _BOOLS.get(text)
     elif key in _CHOICES:
@@ -300,11 +304,14 @@ def pool2d(
     return [data, topi.nn.pool2d(data, (r, s), strides, (1, 1), (padding,) * 4, kind)]
 
 
-@_operator("softmax", "M,N", (256, 1024), float_only=True)
-def softmax(shape: Shape, dtype: str = "float32") -> Tensors:
-    """Softmax over the last axis."""
+@_operator("softmax", "M,N", (256, 1024), _SOFTMAX_OPTIONS, float_only=True)
+def softmax(shape: Shape, dtype: str = "float32", *, fast_exp: bool = False) -> Tensors:
+    """Softmax over the last axis. LLVM has no vector exp on x86, so a vectorized exp is a
+    libm call per lane; fast_exp uses TVM's polynomial (topi.nn.fast_softmax), float32 only."""
+    if fast_exp and dtype != "float32":
+        raise ShapeError(f"fast_exp is float32 only (topi.fast_exp), not {dtype}")
     data = te.placeholder(shape, dtype, name="data")
-    return [data, topi.nn.softmax(data, axis=-1)]
+    return [data, (topi.nn.fast_softmax if fast_exp else topi.nn.softmax)(data, axis=-1)]
 
 
 @_operator("layernorm", "M,N", (128, 768), float_only=True)

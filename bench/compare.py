@@ -91,6 +91,11 @@ SUITE: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "softmax": ("softmax", "512,256", "32,128", {}),
     "layernorm": ("layernorm", "256,1024", "32,128", {}),
 }
+# Variants outside the suite, run only when named in --workloads: softmax with TVM's
+# polynomial exp (ops option fast_exp) against the same torch.softmax.
+EXTRA: dict[str, tuple[str, str, str, dict[str, Any]]] = {
+    "softmax_fast_exp": ("softmax", "512,256", "32,128", {"fast_exp": True}),
+}
 # Other shapes, from BERT-base, ResNet and MobileNetV2 (none is in SUITE): what a cache on this
 # machine would already hold when a new workload arrives. `--make-corpus DB` tunes each with random
 # search (diverse records, not just good ones); `--transfer DB` then tunes every suite workload
@@ -355,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     default_strategies = "random,model" if "model" in STRATEGIES else "random"
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", help="comma-separated trial budgets (default 64, or 8 with --quick)")
-    parser.add_argument("--workloads", help=f"comma-separated subset of: {','.join(SUITE)}")
+    parser.add_argument("--workloads", help=f"comma-separated, of: {','.join(SUITE)} (default: all of these), "
+                        f"{','.join(EXTRA)}")
     parser.add_argument("--strategies", default=default_strategies,
                         help=f"autotune strategies, comma-separated (default {default_strategies}; known: "
                              f"{','.join(STRATEGIES)}); ratios use the last")
@@ -375,8 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("nothing of autotune to run: give --strategies or --transfer")
     if args.transfer and not os.path.isfile(args.transfer):
         parser.error(f"--transfer {args.transfer}: no such file (make one with --make-corpus)")
-    if unknown := [n for n in names if n not in SUITE]:
-        parser.error(f"unknown workloads {unknown}; known: {', '.join(SUITE)}")
+    if unknown := [n for n in names if n not in {**SUITE, **EXTRA}]:
+        parser.error(f"unknown workloads {unknown}; known: {', '.join([*SUITE, *EXTRA])}")
     if unknown := [s for s in strategies if s not in STRATEGIES]:
         parser.error(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
     if args.keep and os.path.isdir(args.keep) and os.listdir(args.keep):
@@ -411,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                          "first model-guided session on a cache does); not in the transfer tune times")
             log(notes[-1])
         for name in names:
-            op, shape, quick, options = SUITE[name]
+            op, shape, quick, options = {**SUITE, **EXTRA}[name]
             workload = ops.make(op, quick if args.quick else shape, **options)
             ref = reference(workload, hw)
             for trials in budgets:

@@ -171,6 +171,26 @@ def test_softmax_matches_numpy() -> None:
     close(y, e / e.sum(axis=1, keepdims=True))
 
 
+def test_softmax_with_fast_exp_matches_numpy() -> None:
+    workload = ops.make("softmax", (4, 300), fast_exp="true")
+    assert workload.name == "softmax_4x300_fast_exp" and workload.key != ops.make("softmax", (4, 300)).key
+    arrays = workload.random_inputs(0)
+    arrays[0] = arrays[0] * 40  # exponents down to about -80, near float32's smallest normal numbers
+    executable = tvm.compile(workload.mod, target=LLVM)
+    tensors = [tvm.runtime.tensor(a, tvm.cpu()) for a in arrays]
+    executable["main"](*tensors)
+    x = arrays[0].astype(np.float64)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    want = e / e.sum(axis=1, keepdims=True)
+    got = tensors[-1].numpy()
+    # one range reduction by ln 2 (topi.fast_exp): the error grows with the exponent's size
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-30)
+    near_zero = x - x.max(axis=1, keepdims=True) > -5
+    np.testing.assert_allclose(got[near_zero], want[near_zero], rtol=5e-7)
+    with pytest.raises(ShapeError, match="fast_exp is float32 only"):
+        ops.make("softmax", (4, 300), dtype="float64", fast_exp=True)
+
+
 def test_layernorm_matches_numpy() -> None:
     (x, gamma, beta), y = run(ops.make("layernorm", (4, 9)))
     mean, var = x.mean(axis=1, keepdims=True), x.var(axis=1, keepdims=True)
