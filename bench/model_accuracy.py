@@ -70,18 +70,22 @@ def evaluate(data: dict[str, tuple[np.ndarray, np.ndarray, str]]) -> list[dict[s
         transfer = CostModel()
         transfer.fit(np.vstack([data[k][0] for k in others]), np.concatenate([data[k][1] for k in others]),
                      [k for k in others for _ in range(len(data[k][1]))])
-        own = CostModel()
-        own.fit(features[:OWN_RECORDS], latencies[:OWN_RECORDS], [key] * OWN_RECORDS)
-        rest_f, rest_l = features[OWN_RECORDS:], latencies[OWN_RECORDS:]
-        p_transfer, p_own = transfer.predict(features), own.predict(rest_f)
-        rows.append({
+        p_transfer = transfer.predict(features)
+        row = {
             "workload": name, "records": len(latencies),
             "transfer pairwise": pairwise_accuracy(p_transfer, latencies),
             "transfer top8": top_k_recall(p_transfer, latencies, 8),
             "transfer top32": top_k_recall(p_transfer, latencies, 32),
-            "own-64 pairwise (rest)": pairwise_accuracy(p_own, rest_l),
-            "own-64 top8 (rest)": top_k_recall(p_own, rest_l, 8) if np.isfinite(rest_l).any() else None,
-        })
+            "own-64 pairwise (rest)": None, "own-64 top8 (rest)": None,  # no rest to evaluate on
+        }
+        if len(latencies) > OWN_RECORDS:
+            own = CostModel()
+            own.fit(features[:OWN_RECORDS], latencies[:OWN_RECORDS], [key] * OWN_RECORDS)
+            rest_f, rest_l = features[OWN_RECORDS:], latencies[OWN_RECORDS:]
+            p_own = own.predict(rest_f)
+            row["own-64 pairwise (rest)"] = pairwise_accuracy(p_own, rest_l)
+            row["own-64 top8 (rest)"] = top_k_recall(p_own, rest_l, 8) if np.isfinite(rest_l).any() else None
+        rows.append(row)
     return rows
 
 
@@ -89,13 +93,15 @@ def to_markdown(rows: list[dict[str, object]]) -> str:
     if not rows:
         return "no workload with enough records"
     head = list(rows[0])
-    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else "–" if v is None else str(v)  # noqa: E731
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(cell(r[h]) for h in head) + " |" for r in rows]
     mean = np.mean([r["transfer pairwise"] for r in rows])
-    own = np.mean([r["own-64 pairwise (rest)"] for r in rows])
+    own = np.mean([r["own-64 pairwise (rest)"] for r in rows if r["own-64 pairwise (rest)"] is not None] or [np.nan])
     hits = lambda col: sum(bool(r[col]) for r in rows)  # noqa: E731
-    lines.append(f"\nmean pairwise accuracy: transfer {mean:.3f}, own first 64 records {own:.3f}")
+    n_own = sum(r["own-64 pairwise (rest)"] is not None for r in rows)
+    lines.append(f"\nmean pairwise accuracy: transfer {mean:.3f} ({len(rows)} workloads), own first 64 records "
+                 f"{own:.3f} (the {n_own} workloads with more records)")
     lines.append(f"best candidate in the model's top 8 / top 32: transfer {hits('transfer top8')} / "
                  f"{hits('transfer top32')} of {len(rows)} workloads; own-64 (rest) top 8: "
                  f"{hits('own-64 top8 (rest)')}")
