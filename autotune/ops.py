@@ -140,7 +140,7 @@ def _parse_option(name: str, defaults: dict[str, Any], key: str, value: Any) -> 
     if key not in defaults:
         raise ShapeError(f"{name} has no option {key!r}; its options: {', '.join(defaults) or 'none'}")
     text = str(value).strip().lower()
-    if key in ("bias", "relu", "fast_exp"):
+    if isinstance(defaults[key], bool):  # bias, relu, fast_exp: the switches
         expected, ok = "true or false", text in _BOOLS
         result: Any = _BOOLS.get(text)
     elif key in _CHOICES:

@@ -419,8 +419,8 @@ def _canonical_tile(rule: BlockRule, d: dict[str, Any], config: SpaceConfig) -> 
         _shrink_register_tile(d["spatial"], axis, config.max_transposed_register_tile)
     if not (rule.strided_reads and rule.strided_reads[axis] and d["spatial"][axis][-1] > 1):
         d.pop("pack", None)
-    elif d.get("pack", 0) not in _pack_levels(rule, config, axis):
-        d["pack"] = min(_pack_levels(rule, config, axis))
+    elif d.get("pack", 0) not in (levels := _pack_levels(rule, config, axis)):
+        d["pack"] = min(levels)
     if d.get("pack") == 0:
         d.pop("pack")
 

@@ -96,6 +96,7 @@ SUITE: dict[str, tuple[str, str, str, dict[str, Any]]] = {
 EXTRA: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "softmax_fast_exp": ("softmax", "512,256", "32,128", {"fast_exp": True}),
 }
+WORKLOADS = {**SUITE, **EXTRA}  # what --workloads may name
 # Other shapes, from BERT-base, ResNet and MobileNetV2 (none is in SUITE): what a cache on this
 # machine would already hold when a new workload arrives. `--make-corpus DB` tunes each with random
 # search (diverse records, not just good ones); `--transfer DB` then tunes every suite workload
@@ -381,8 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("nothing of autotune to run: give --strategies or --transfer")
     if args.transfer and not os.path.isfile(args.transfer):
         parser.error(f"--transfer {args.transfer}: no such file (make one with --make-corpus)")
-    if unknown := [n for n in names if n not in {**SUITE, **EXTRA}]:
-        parser.error(f"unknown workloads {unknown}; known: {', '.join([*SUITE, *EXTRA])}")
+    if unknown := [n for n in names if n not in WORKLOADS]:
+        parser.error(f"unknown workloads {unknown}; known: {', '.join(WORKLOADS)}")
     if unknown := [s for s in strategies if s not in STRATEGIES]:
         parser.error(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
     if args.keep and os.path.isdir(args.keep) and os.listdir(args.keep):
@@ -417,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                          "first model-guided session on a cache does); not in the transfer tune times")
             log(notes[-1])
         for name in names:
-            op, shape, quick, options = {**SUITE, **EXTRA}[name]
+            op, shape, quick, options = WORKLOADS[name]
             workload = ops.make(op, quick if args.quick else shape, **options)
             ref = reference(workload, hw)
             for trials in budgets:

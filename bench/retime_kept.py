@@ -35,7 +35,7 @@ from tvm.s_tir import meta_schedule as ms
 import autotune
 from autotune import ops
 
-from compare import EXTRA, SUITE, close, reference
+from compare import WORKLOADS, close, reference
 
 WINDOW_BYTES = 64 * 1024  # offsets are drawn within this window: wider than the L1 and L2 set strides
 ALIGN = 64  # TVM's kernels assume 64-byte-aligned data
@@ -96,7 +96,7 @@ def main() -> int:
     args = parser.parse_args()
     hw = autotune.resolve_target("llvm")
     rows, medians = [], {}
-    for name, (op, shape, _quick, options) in {**SUITE, **EXTRA}.items():
+    for name, (op, shape, _quick, options) in WORKLOADS.items():
         workload = ops.make(op, shape, **options)
         kernels = kept_kernels(args.keep, workload, hw)
         if not kernels:
