@@ -46,7 +46,7 @@ class MeasureOptions:
     # unrolled register tiles) is not worth a builder's time. MetaSchedule's default is 30 s too.
     build_timeout: float = 30.0
     run_timeout: float = 30.0
-    repeat: int = 5  # timed repeats; the median is the latency
+    repeat: int = 5  # timed repeats, each at another placement of the arrays (worker.placed_copies); the median is the latency
     min_repeat_ms: int = 30  # each repeat loops the kernel for at least this long
     slow_secs: float = 0.2  # kernels slower than this get fewer repeats
     # While tuning, a candidate whose first timed repeat is this many times the best latency so far

@@ -14,8 +14,10 @@ strategy=S)`, a fresh temporary database per workload, budget and strategy), the
 (`tune_tir`, same tvm Target, `max_trials_global=N`, `num_trials_per_iter=min(64, N)`, its logs in
 a temporary work dir). Each best schedule (`apply_best`, `compile_tir`) is rebuilt here, checked
 against TVM's untuned build on `workload.random_inputs(0)` and re-timed as autotune's runner
-times (`time_evaluator`, number=1, repeat=5, min_repeat_ms=30, median; the least of 3 such
-medians). PyTorch eager runs after all tuning (median of single calls, checked the same way).
+times (`time_evaluator`, number=1, repeat=5, min_repeat_ms=30, median) at each of 8 random
+placements of its arrays in memory, the same for every tool; the median over placements counts.
+PyTorch eager runs after all tuning (median of single calls, at the same placements of its
+inputs, checked the same way).
 TVM_NUM_THREADS and torch's threads are set to the cores this process may use (TVM's default on
 x86 is half of them).
 
@@ -76,6 +78,7 @@ from autotune.database import open_database
 from autotune.features import FEATURE_VERSION
 from autotune.space_config import load_space_config
 from autotune.tuner import STRATEGIES
+from autotune.worker import placed_copies
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tune_suite import cpu_secs, median_secs, torch, torch_kernel
@@ -114,7 +117,9 @@ CORPUS: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 TRANSFER = "transfer"  # the tool name of model-guided search starting from the corpus
 MS_BUILD_TIMEOUT_SECS = 120.0  # MetaSchedule's default is 30 s (see the docstring)
-RETIME_ROUNDS = 3
+# A kernel's speed can depend on where its arrays lie (cache-set conflicts of power-of-two rows), so
+# every kernel, PyTorch's included, is timed at this many placements of its arrays and the median kept.
+RETIME_PLACEMENTS = 8
 
 
 @dataclass
@@ -154,19 +159,27 @@ def reference(workload: autotune.Workload, hw: autotune.HardwareTarget) -> Refer
     return Reference(arrays, outputs, [tensors[i].numpy() for i in outputs])
 
 
-def retime(mod: tvm.IRModule, hw: autotune.HardwareTarget, ref: Reference) -> float:
-    """Seconds of `mod` timed as autotune's runner times it (the least of RETIME_ROUNDS medians: a
-    round that another process disturbed does not count); raises if its output is wrong."""
+def time_placements(mod: tvm.IRModule, hw: autotune.HardwareTarget, ref: Reference, placements: int,
+                    seed: int = 0) -> list[float]:
+    """Median seconds of `mod` (5 repeats of at least 30 ms) at each of `placements` random 64-byte-aligned
+    placements of its arrays (`autotune.worker.placed_copies`, as autotune's runner places each repeat); the
+    same placements for every kernel of a seed. Raises if an output is wrong at any placement."""
     lib = tvm.compile(mod, target=hw.target)
-    dev = tvm.cpu()
-    tensors = [tvm.runtime.tensor(np.zeros_like(a) if i in ref.outputs else a, dev) for i, a in enumerate(ref.arrays)]
-    evaluator = lib.mod.time_evaluator("main", dev, number=1, repeat=5, min_repeat_ms=30)
-    secs = min(statistics.median(evaluator(*tensors).results) for _ in range(RETIME_ROUNDS))
-    for i, want in zip(ref.outputs, ref.want):
-        got = tensors[i].numpy()
-        if not close(got, want):
-            raise ValueError(f"wrong result: output {i} differs by up to {np.max(np.abs(got - want)):.3g}")
+    evaluator = lib.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=5, min_repeat_ms=30)
+    rng = np.random.default_rng(seed)
+    secs = []
+    for _ in range(placements):
+        views = placed_copies([np.zeros_like(a) if i in ref.outputs else a for i, a in enumerate(ref.arrays)], rng)
+        secs.append(statistics.median(evaluator(*[tvm.runtime.from_dlpack(v) for v in views]).results))
+        for i, want in zip(ref.outputs, ref.want):
+            if not close(views[i], want):
+                raise ValueError(f"wrong result: output {i} differs by up to {np.max(np.abs(views[i] - want)):.3g}")
     return secs
+
+
+def retime(mod: tvm.IRModule, hw: autotune.HardwareTarget, ref: Reference) -> float:
+    """Seconds of `mod`: the median over RETIME_PLACEMENTS placements of its arrays (see time_placements)."""
+    return statistics.median(time_placements(mod, hw, ref, RETIME_PLACEMENTS))
 
 
 def run_autotune(workload: autotune.Workload, hw: Any, trials: int, tool: str, tmp: str,
@@ -278,17 +291,23 @@ def depthwise_or_bmm(op: str, t: list[Any]) -> Any:
 
 
 def run_torch(op: str, workload: autotune.Workload, ref: Reference) -> Outcome:
+    """PyTorch eager, checked against the untuned build, timed at the placements retime uses (its inputs;
+    PyTorch allocates its outputs itself)."""
     if torch is None:
         return Outcome(error="torch not installed")
     inputs = [a for i, a in enumerate(ref.arrays) if i not in ref.outputs]
-    fn = torch_kernel(op, inputs) or depthwise_or_bmm(op, [torch.from_numpy(a) for a in inputs])
-    if fn is None:
-        return Outcome(error=f"no torch equivalent of {op}")
-    with torch.inference_mode():
-        got = np.asarray(fn())
-        if got.shape != ref.want[0].shape or not close(got, ref.want[0]):
-            return Outcome(error="output differs from TVM's untuned build")
-        return Outcome(secs=median_secs(fn))
+    rng, secs = np.random.default_rng(0), []
+    for _ in range(RETIME_PLACEMENTS):
+        placed = placed_copies(inputs, rng)
+        fn = torch_kernel(op, placed) or depthwise_or_bmm(op, [torch.from_numpy(a) for a in placed])
+        if fn is None:
+            return Outcome(error=f"no torch equivalent of {op}")
+        with torch.inference_mode():
+            got = np.asarray(fn())
+            if got.shape != ref.want[0].shape or not close(got, ref.want[0]):
+                return Outcome(error="output differs from TVM's untuned build")
+            secs.append(median_secs(fn))
+    return Outcome(secs=statistics.median(secs))
 
 
 def geomean(values: list[float]) -> float | None:

@@ -2,11 +2,10 @@
 
 Why: a kernel's speed can depend on where its arrays lie relative to each other (cache-set
 conflicts of power-of-two rows: a matmul 1024³ kernel ran in 4.5 or 8.1 ms, same code, same
-machine), and compare.py's re-timing, like each tuner's own measurement, sees one placement.
-Here each array is a view at a random 64-byte-aligned offset within a 64 KiB window of a buffer
-of its own, PLACEMENTS times per kernel, every placement timed as compare.py times (median of 5
-repeats of at least 30 ms) and checked against the untuned build. The table gives each tool's
-median over placements, with its best and worst placement, and the geomean ratios of the medians.
+machine). compare.py re-times at 8 placements; this re-times a kept run at more (or a run kept
+before compare did). Each kernel is timed at --placements placements of its arrays (compare.time_placements: each
+array at a random 64-byte-aligned offset within a buffer of its own, median of 5 repeats of at
+least 30 ms, checked against the untuned build). The table gives each tool's median over placements, with its best and worst placement, and the geomean ratios of the medians.
 
     python bench/compare.py ... --keep DIR      # first: a run that keeps its databases
     python bench/retime_kept.py DIR [--placements 12] [--write bench/RESULTS.md]
@@ -28,48 +27,13 @@ import math
 import re
 import statistics
 
-import numpy as np
 import tvm
 from tvm.s_tir import meta_schedule as ms
 
 import autotune
 from autotune import ops
 
-from compare import WORKLOADS, close, reference
-
-WINDOW_BYTES = 64 * 1024  # offsets are drawn within this window: wider than the L1 and L2 set strides
-ALIGN = 64  # TVM's kernels assume 64-byte-aligned data
-
-
-def placed(arrays: list[np.ndarray], rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Copies of `arrays` at random 64-byte-aligned offsets: (the views, their owning buffers)."""
-    views, owners = [], []
-    for a in arrays:
-        raw = np.empty(a.nbytes + WINDOW_BYTES + ALIGN, dtype=np.uint8)
-        start = (-raw.ctypes.data) % ALIGN + int(rng.integers(0, WINDOW_BYTES // ALIGN)) * ALIGN
-        view = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
-        view[...] = a
-        views.append(view)
-        owners.append(raw)
-    return views, owners
-
-
-def time_placements(mod: tvm.IRModule, hw: autotune.HardwareTarget, ref, placements: int, seed: int) -> list[float]:
-    """Median seconds of `mod` under each placement; raises if an output is wrong."""
-    lib = tvm.compile(mod, target=hw.target)
-    evaluator = lib.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=5, min_repeat_ms=30)
-    rng = np.random.default_rng(seed)
-    secs = []
-    for _ in range(placements):
-        inputs = [np.zeros_like(a) if i in ref.outputs else a for i, a in enumerate(ref.arrays)]
-        views, owners = placed(inputs, rng)
-        tensors = [tvm.runtime.from_dlpack(v) for v in views]
-        secs.append(statistics.median(evaluator(*tensors).results))
-        for i, want in zip(ref.outputs, ref.want):
-            if not close(views[i], want):
-                raise ValueError(f"wrong result: output {i}")
-        del tensors, owners
-    return secs
+from compare import WORKLOADS, reference, time_placements
 
 
 def kept_kernels(keep: str, workload: autotune.Workload, hw: autotune.HardwareTarget) -> dict[str, tvm.IRModule]:

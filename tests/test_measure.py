@@ -91,3 +91,18 @@ def test_a_clearly_slower_candidate_is_timed_once_and_still_checked(tmp_path, ar
         assert latencies(wrong, 1e-12)[0] == Status.WRONG_RESULT.value  # screened, still checked
     finally:
         worker.kill()
+
+
+def test_each_repeat_sees_the_arrays_at_another_aligned_placement():
+    from autotune.worker import PLACEMENT_ALIGN, placed_copies
+
+    arrays = [np.arange(1000, dtype="float32").reshape(10, 100), np.ones(7, dtype="int64")]
+    rng = np.random.default_rng(0)
+    draws = [placed_copies(arrays, rng) for _ in range(8)]
+    for views in draws:
+        for view, original in zip(views, arrays):
+            assert view.ctypes.data % PLACEMENT_ALIGN == 0 and not np.shares_memory(view, original)
+            np.testing.assert_array_equal(view, original)
+            assert view.dtype == original.dtype and view.shape == original.shape
+    # where the first array starts within a 4 KiB page (its cache sets) changes from draw to draw
+    assert len({views[0].ctypes.data % 4096 for views in draws}) >= 4
