@@ -1,6 +1,7 @@
 """End to end: tune small workloads for a few trials, check the result numerically, reuse the cache."""
 
 import dataclasses
+import random
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ from autotune.records import Status
 from autotune.search_space import SearchSpace
 from autotune.target import resolve_target
 from autotune.search_space import apply_candidate, trace_json
-from autotune.tuner import apply_record, replay_trace
+from autotune.records import TrialRecord
+from autotune.space_config import load_space_config
+from autotune.tuner import TaskTuner, apply_record, replay_trace
 
 from conftest import te_matmul
 
@@ -136,3 +139,38 @@ def test_trace_replay_gives_the_schedule_the_decisions_give(op, shape, options):
     for candidate in [space.default_candidate()] + [space.sample(rng) for _ in range(4)]:
         sch = apply_candidate(space, candidate)
         tvm.ir.assert_structural_equal(replay_trace(workload, trace_json(sch)).mod, sch.mod)
+
+
+class _Rechecks:
+    """Stands in for the Measurer in verify_best: each re-measurement gets the next latency."""
+
+    def __init__(self, latencies):
+        self.latencies = list(latencies)
+
+    def measure(self, candidates, best_so_far=None):
+        for candidate in candidates:
+            latency = self.latencies.pop(0)
+            yield TrialRecord("w", "t", candidate.key, candidate.decisions, Status.OK, latencies=(latency,) * 3)
+
+    def close(self):
+        pass
+
+
+def test_a_best_is_unstable_only_when_two_rechecks_disagree(db_path):
+    work = ops.make("matmul", "16,16,16")
+    hw = resolve_target("llvm")
+    with Database(db_path) as db, TaskTuner(work, hw, db, load_space_config("cpu"), strategy="random") as task:
+        space = SearchSpace(work)
+        fast, slower = [space.sample(random.Random(i)) for i in (1, 2)]
+        ids = [db.commit_trial(TrialRecord(work.key, hw.key, c.key, c.decisions, Status.OK, latencies=(lat,) * 3))
+               for c, lat in ((fast, 1e-3), (slower, 2e-3))]
+        task.measurer.close()
+        task.measurer = _Rechecks([5e-3, 1.1e-3])  # disturbed once, then it agrees: still the best
+        best, again = task.verify_best()
+        assert best.id == ids[0] and again == pytest.approx(1.1e-3)
+        assert [c["flagged"] for c in db.checks(ids[0])] == [0, 0]
+        task.measurer = _Rechecks([5e-3, 4e-3, 2.1e-3])  # off twice: unstable, and the next best is checked
+        best, again = task.verify_best()
+        assert best.id == ids[1] and again == pytest.approx(2.1e-3)
+        assert [c["flagged"] for c in db.checks(ids[0])] == [0, 0, 0, 1]
+        assert db.best(work.key, hw.key).id == ids[1]
