@@ -173,7 +173,7 @@ def cmd_tune_model(args: argparse.Namespace) -> int:
     return _run_session(args, lambda on_progress: tune_model(
         args.model, target=_target_spec(args.target), trials=args.trials, time_budget=args.time, database=args.db,
         scheduler=args.scheduler, batch_size=args.batch_size, seed=args.seed, name=args.name, progress=on_progress,
-        rpc=_rpc_options(args)))
+        rpc=_rpc_options(args), fast_math=args.fast_math))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -209,6 +209,8 @@ def _print_model_report(report: Any) -> None:
         checks += f", vs PyTorch {report.max_error_vs_torch:.2g}"
     verdict = "outputs match" if report.correct else "OUTPUTS DIFFER"
     print(f"{len(report.applied)} kernels tuned, {len(report.untuned_kernels)} left untuned; {verdict} ({checks})")
+    if report.fast_math:
+        print("fast math: both TVM builds use TVM's approximations of softmax/exp/erf/tanh (tune-model --fast-math)")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -489,6 +491,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="trials per batch given to one task")
     p.add_argument("--seed", type=int)
     p.add_argument("--name", help="session name (default: the model file's name)")
+    p.add_argument("--fast-math", action="store_true",
+                   help="lower softmax/exp/erf/tanh to TVM's fast float32 approximations (about 1e-6 relative error)")
     p.set_defaults(run=cmd_tune_model)
     p = sub.add_parser("resume", parents=[common, fleet], help="continue a stopped or killed session")
     p.add_argument("session", type=int, metavar="SESSION")

@@ -42,6 +42,7 @@ class ModelReport:
     max_error_vs_torch: float | None
     applied: tuple[str, ...]
     untuned_kernels: tuple[str, ...]
+    fast_math: bool = False  # the session lowered the model with TVM's fast exp/erf/tanh/softmax
 
     @property
     def speedup(self) -> float:
@@ -89,7 +90,8 @@ def evaluate_session(
     hw = resolve_target(target)
     with open_database(database) as db:
         mod = load_session_model(db, session)
-        source = (db.session(session) or {}).get("options", {}).get("source", "")
+        options = (db.session(session) or {}).get("options", {})
+        source = options.get("source", "")
         tuned_ex, applied, untuned_kernels = _build(mod, hw, db)  # the model is read once, built twice
         untuned_ex, _, _ = _build(mod, hw, None)
     inputs = random_model_inputs(mod, seed)
@@ -102,6 +104,7 @@ def evaluate_session(
     return ModelReport(
         session, untuned_secs, tuned_secs, torch_secs, _max_error(tuned_out, untuned_out),
         _max_error(tuned_out, torch_out) if torch_out is not None else None, applied, untuned_kernels,
+        bool(options.get("fast_math")),
     )
 
 

@@ -66,9 +66,17 @@ def load_model(model: Any, example_inputs: Any = None) -> tvm.IRModule:
     )
 
 
-def extract_tasks(model: Any, example_inputs: Any = None) -> ModelTasks:
-    """The model's tunable kernels as tasks, heaviest (most called) first."""
-    mod = prepare(load_model(model, example_inputs))
+def extract_tasks(model: Any, example_inputs: Any = None, *, fast_math: bool = False) -> ModelTasks:
+    """The model's tunable kernels as tasks, heaviest (most called) first.
+
+    With `fast_math`, TVM's `relax.transform.FastMathTransform` first replaces softmax, exp, erf and
+    tanh by TVM's fast approximations (topi.fast_*: vectorizable polynomials instead of one libm
+    call per element, float32 only; about 1e-6 relative error, 1e-5 for exponents near -80).
+    """
+    mod = load_model(model, example_inputs)
+    if fast_math:
+        mod = relax.transform.FastMathTransform()(mod)
+    mod = prepare(mod)
     scan = scan_functions(mod)
     calls = call_counts(mod)
     by_key: dict[str, list[str]] = {}

@@ -12,6 +12,9 @@ that a pipeline built on `relax.transform.MetaScheduleApplyDatabase` picks up au
 unchanged. MetaSchedule finds records by the structural hash of the function; we look each query up
 by our own workload key (sha256 of the function's TVMScript) and by this machine's target key.
 
+For TVM's fast approximations of softmax/exp/erf/tanh, apply `relax.transform.FastMathTransform()`
+to the Relax module before passing it here, and build the same module that was tuned.
+
 Run what `compile` returns with ``TVM_NUM_THREADS=<num-cores>`` set: autotune times kernels with
 as many threads as the target's num-cores, while TVM's thread pool uses half the cores on x86.
 """

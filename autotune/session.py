@@ -102,6 +102,7 @@ def tune_model(
     measure: MeasureOptions | None = None,
     progress: Callable[[SessionProgress], None] | None = None,
     rpc: RpcOptions | None = None,
+    fast_math: bool = False,
 ) -> SessionProgress:
     """Tune a whole model within a budget of trials and/or wall time, as a resumable session.
 
@@ -109,6 +110,10 @@ def tune_model(
     `session=ID` (the model is stored); a budget given then replaces the stored one (totals for
     the whole session). Ctrl-C stops the session cleanly (status "stopped") and re-raises.
     Returns the session's final progress.
+
+    `fast_math=True` (new sessions) lowers the model with TVM's fast exp/erf/tanh/softmax (see
+    `model.extract_tasks`); the session stores the lowered model, so its resumes, `compile-model`
+    and `evaluate_session` (tuned and untuned builds) all use the same approximations.
 
     Example: ``autotune.tune_model(net, example_inputs=(x,), trials=500, time_budget="2h")``.
     """
@@ -122,7 +127,8 @@ def tune_model(
         if session is None:
             if trials is None and seconds is None:
                 raise BudgetError("a new session needs a budget: trials=N and/or time_budget (e.g. '2h')")
-            options = dict(scheduler=scheduler, strategy=strategy, batch_size=batch_size, seed=seed)
+            options = dict(scheduler=scheduler, strategy=strategy, batch_size=batch_size, seed=seed,
+                           fast_math=fast_math)
             if rpc is not None:
                 options["rpc"] = _rpc_json(rpc)
             session = _create_session(db, model, example_inputs, hw, trials, seconds, name, options)
@@ -244,7 +250,7 @@ def _create_session(db: Database, model: Any, example_inputs: Any, hw: HardwareT
                     seconds: float | None, name: str | None, options: dict[str, Any]) -> int:
     if model is None:
         raise ModelError("pass a model to start a session, or session=ID to resume one")
-    extracted = extract_tasks(model, example_inputs)
+    extracted = extract_tasks(model, example_inputs, fast_math=bool(options.get("fast_math")))
     tasks = [{"name": t.name, "workload_key": t.workload.key, "weight": t.weight, "flops": t.workload.flops,
               "functions": list(t.functions)} for t in extracted.tasks]
     for task in extracted.tasks:

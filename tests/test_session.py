@@ -90,6 +90,25 @@ def test_models_from_onnx_and_pt2_files_and_clear_errors(tmp_path):
         load_model([1, 2])
 
 
+def test_fast_math_sessions_use_polynomials_for_softmax_and_tanh_and_stay_correct(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Tanh(), torch.nn.Softmax(dim=-1)).eval()
+    x = torch.randn(4, 32)
+
+    def script(fast_math):
+        return "".join(t.workload.script for t in extract_tasks(net, (x,), fast_math=fast_math).tasks)
+
+    assert "T.exp(" in script(False) and "T.tanh(" in script(False)
+    assert "T.exp(" not in script(True) and "T.tanh(" not in script(True)
+    from autotune.evaluate import evaluate_session
+
+    db = tmp_path / "fast.db"
+    session = tune_model(net, example_inputs=(x,), trials=4, batch_size=2, database=db, seed=0,
+                         strategy="random", fast_math=True)
+    report = evaluate_session(session.session_id, db, reference=net)  # against PyTorch's exact softmax and tanh
+    assert report.fast_math and report.correct and report.max_error_vs_torch < 1e-5
+
+
 # -- schedulers -------------------------------------------------------------------------------
 
 
