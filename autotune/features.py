@@ -86,7 +86,7 @@ class FeatureExtractor:
         out["epilogue_fused"] = float(any(r.epilogue for r in self.space.rules if r.rule == "tile"))
         out["log2_unroll"] = math.log2(1 + candidate.decisions.get("unroll", 0))
         out["n_tiled"] = float(len(tiles))
-        out["n_compute_at"] = float(sum(1 for d in blocks.values() if d.get("depth", 0) > 0))
+        out["n_compute_at"] = float(sum(1 for d in blocks.values() if d.get("depth", 0) > 0 or d.get("at", 0) > 0))
         out["loops_vector"] = math.log2(max([d["vector"] for d in loops] or [1]))
         out["loops_parallel"] = float(max([d["parallel"] for d in loops] or [0]))
         out["loops_rfactor"] = math.log2(max([int(d.get("rfactor", 1)) for d in blocks.values()] or [1]))

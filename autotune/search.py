@@ -21,10 +21,14 @@ import numpy as np
 from .cost_model import CostModel, latency_or_nan
 from .features import FeatureExtractor
 from .records import TrialRecord
-from .search_space import Candidate, SearchSpace, redraw_vector_axis, rfactor_choices, smallest_prime_factor
+from .search_space import (Candidate, SearchSpace, draw_tile_level, redraw_vector_axis, rfactor_choices,
+                           smallest_prime_factor)
 
 # How many consecutive duplicate draws mean that the space is (nearly) exhausted.
 _MAX_DUPLICATE_DRAWS = 200
+# Feature rows kept between batches (about 2 KB each): each batch mutates the same best parents again,
+# and the rows of what it measures are those it scored, so most are asked for more than once.
+_MAX_KEPT_ROWS = 20_000
 
 
 class SearchStrategy(Protocol):
@@ -99,6 +103,7 @@ class ModelGuidedSearch(RandomSearch):
             (latency_or_nan(r), Candidate(r.decisions)) for r in measured if r.decisions  # trace-only: not ours to mutate
         ]
         self.told_features: dict[str, np.ndarray] = {}
+        self._rows: dict[str, np.ndarray | None] = {}  # features by candidate key; None: TVM rejects it
 
     def ask(self, n: int) -> list[Candidate]:
         if not self.model.is_trained or self.seeds:
@@ -112,7 +117,8 @@ class ModelGuidedSearch(RandomSearch):
         super().tell(records)
         candidates = [Candidate(r.decisions) for r in records]
         self.measured += [(latency_or_nan(r), c) for r, c in zip(records, candidates)]
-        features = self.extractor.extract(candidates)
+        rows = self._features(candidates)  # those it chose by score were scored with these rows
+        features = np.stack(rows) if rows and all(r is not None for r in rows) else self.extractor.extract(candidates)
         self.model.update(features, [latency_or_nan(r) for r in records], [r.workload_key for r in records])
         self.told_features = {r.candidate_key: row for r, row in zip(records, features)}  # for the database's cache
 
@@ -139,16 +145,31 @@ class ModelGuidedSearch(RandomSearch):
 
     def _score(self, candidates: list[Candidate], scored: dict[str, tuple[float, Candidate]]) -> list[Candidate]:
         """Score new candidates (valid ones only) and keep the best `population` of them."""
-        fresh = {c.key: c for c in candidates if c.key not in scored}
-        schedules = {key: self.space.try_apply(c) for key, c in fresh.items()}
-        valid = [fresh[k] for k, s in schedules.items() if s is not None]
+        fresh = list({c.key: c for c in candidates if c.key not in scored}.values())
+        rows = self._features(fresh)
+        valid = [(c, row) for c, row in zip(fresh, rows) if row is not None]
         if valid:
-            predictions = self.model.predict(self.extractor.extract(valid, [schedules[c.key] for c in valid]))
-            for candidate, score in zip(valid, predictions):
+            predictions = self.model.predict(np.stack([row for _, row in valid]))
+            for (candidate, _), score in zip(valid, predictions):
                 scored[candidate.key] = (float(score), candidate)
         keys = {c.key for c in candidates if c.key in scored}
         top = sorted((scored[k] for k in keys), key=lambda sc: -sc[0])
         return [c for _, c in top[: self.population]]
+
+    def _features(self, candidates: list[Candidate]) -> list[np.ndarray | None]:
+        """Feature rows of the candidates (None for one TVM rejects), computed once per candidate and
+        kept between batches."""
+        new = [c for c in {c.key: c for c in candidates}.values() if c.key not in self._rows]
+        applied = [(c, self.space.try_apply(c)) for c in new]
+        valid = [(c, s) for c, s in applied if s is not None]
+        self._rows.update({c.key: None for c in new})
+        if valid:
+            extracted = self.extractor.extract([c for c, _ in valid], [s for _, s in valid])
+            self._rows.update({c.key: row for (c, _), row in zip(valid, extracted)})
+        rows = [self._rows[c.key] for c in candidates]
+        for key in list(self._rows)[: max(0, len(self._rows) - _MAX_KEPT_ROWS)]:  # the first computed go first
+            del self._rows[key]
+        return rows
 
     def _mutate(self, parent: Candidate) -> Candidate:
         decisions = copy.deepcopy(parent.decisions)
@@ -187,8 +208,14 @@ def _mutate_block(block: dict[str, Any], rule: Any, space: SearchSpace, rng: ran
             block["pack"] = rng.choice(config.pack_levels)
         return
     keys = [k for k in ("depth", "parallel", "vector", "inline", "rfactor") if k in block]
+    if rule.rule == "loops" and rule.consumer:  # a tiled block's producer: where in its tiles
+        keys.append("at")
     key = rng.choice(keys)
-    if key == "inline":
+    if key == "at":
+        block["at"] = draw_tile_level(config, rng)
+        if not block["at"]:
+            block.pop("at")
+    elif key == "inline":
         block["inline"] = not block["inline"]
     elif key == "rfactor":
         block["rfactor"] = rng.choice(rfactor_choices(rule, config))

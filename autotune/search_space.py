@@ -3,7 +3,9 @@
 No per-operator template: `SearchSpace.__init__` analyses the PrimFunc's blocks once and gives
 each a rule, with parameter domains from search_spaces/*.toml:
 
-- inline:     elementwise producers (padding, bias adds, the exp of a softmax) are inlined;
+- inline:     elementwise producers (padding, bias adds, the exp of a softmax) are inlined; one
+              that feeds a tiled block (a conv's padding) is a decision: inlined, computed at the
+              root, or computed inside the block's tile loops at a searched level;
 - tile:       blocks with a reduction and data reuse (matmul, conv, ...) get multi-level tiling,
               a local accumulator and their elementwise epilogue fused at a searched level; the
               vectorized loop is a searched spatial axis (a conv's output channels as well as
@@ -79,6 +81,8 @@ class BlockRule:
     strided_reads: tuple[tuple[tuple[int, int], ...], ...] = ()
     depths: tuple[int, ...] = ()  # compute_at: feasible depths in the consumer (0 = root)
     rfactor_depths: tuple[int, ...] = ()  # compute_at: the depths where the reduction can be rfactored
+    # compute_at: the block whose loops it goes in; loops: the tiled block it feeds, inside whose tile
+    # loops it may be computed ("at" decision), when config.compute_location allows
     consumer: str | None = None
     inlinable: bool = False  # loops: an elementwise producer (e.g. padding) that may also be inlined
 
@@ -136,6 +140,10 @@ class SearchSpace:
                 d["vector"] = 1  # the reduction's vector loop replaces the spatial one
             if rule.rule == "tile" and d:
                 _canonical_tile(rule, d, self.config)
+            if d.get("at") and d.get("inline"):
+                d.pop("at")  # inlined: there is nothing left to place
+            elif d.get("at"):
+                d.update(parallel=0, vector=1)  # its loops are the tile's, not its own
         return decisions
 
     def _draw(self, rng: random.Random) -> dict[str, Any]:
@@ -164,10 +172,15 @@ def apply_candidate(space: SearchSpace, candidate: Candidate) -> s_tir.Schedule:
         if depth > 0:
             loops = sch.get_loops(sch.get_sblock(rule.consumer))
             sch.compute_at(sch.get_sblock(rule.block), loops[depth - 1], preserve_unit_loops=True)
-    # Step 3. Tile the blocks with reuse; give the others parallel and vector loops.
+    # Step 3. Tile the blocks with reuse, computing producers inside their tiles where asked; give the
+    # others parallel and vector loops.
+    attached = {r.block: decisions[r.block]["at"] for r in rules if r.rule == "loops" and decisions[r.block].get("at")}
     for rule in rules:
         if rule.rule == "tile":
-            _apply_tiling(sch, rule, decisions[rule.block], space.config)
+            producers = {r.block: attached[r.block] for r in rules if r.block in attached and r.consumer == rule.block}
+            _apply_tiling(sch, rule, decisions[rule.block], space.config, producers)
+        elif rule.block in attached:
+            continue
         else:
             at_root = rule.rule == "loops" or decisions[rule.block]["depth"] == 0
             if _rfactor_of(decisions[rule.block]) > 1:
@@ -265,6 +278,8 @@ def _placement_rule(sch: s_tir.Schedule, name: str, tiled: set[str], config: Spa
         if len(depths) > 1:
             rule = BlockRule(name, "compute_at", spatial, reduction, depths=depths, consumer=consumers[0])
             return replace(rule, rfactor_depths=_rfactor_depths(sch, rule, config))
+    if config.compute_location and len(consumers) == 1 and consumers[0] in tiled and not reduction:
+        return BlockRule(name, "loops", spatial, reduction, consumer=consumers[0])  # may go inside its tiles
     return BlockRule(name, "loops", spatial, reduction)
 
 
@@ -371,9 +386,18 @@ def _draw_block(rule: BlockRule, config: SpaceConfig, rng: random.Random) -> dic
     loops = _draw_loops(rule, config, rng)
     if rule.inlinable:
         loops["inline"] = rng.random() < 0.5
+    if rule.rule == "loops" and rule.consumer and (at := draw_tile_level(config, rng)):
+        loops["at"] = at
     if rule.rule == "compute_at":
         return {"depth": rng.choice(rule.depths), **loops}
     return loops
+
+
+def draw_tile_level(config: SpaceConfig, rng: random.Random) -> int:
+    """Where an elementwise producer of a tiled block is computed: 0 at the root, once for the whole
+    output; L inside the tile loops, after the structure's first L letters (for each tile of those
+    loops: the region it reads, in cache). Never after the last letter, whose loop is the vector."""
+    return rng.randrange(len(config.structure))
 
 
 def vector_axes(rule: BlockRule, config: SpaceConfig) -> list[int]:
@@ -520,7 +544,11 @@ def _divisors(n: int) -> list[int]:
 # application
 
 
-def _apply_tiling(sch: s_tir.Schedule, rule: BlockRule, d: dict[str, Any], config: SpaceConfig) -> None:
+def _apply_tiling(sch: s_tir.Schedule, rule: BlockRule, d: dict[str, Any], config: SpaceConfig,
+                  producers: dict[str, int] | None = None) -> None:
+    """Tile the block as `d` decides; `producers` (name -> L) are computed after the structure's
+    first L letters' loops, each with its innermost loop vectorized (a conv's padding: the padded
+    region of one tile, built where it is used instead of a padded copy of the whole input)."""
     block = sch.get_sblock(rule.block)
     loops = sch.get_loops(block)
     n_spatial = len(rule.spatial)
@@ -539,6 +567,9 @@ def _apply_tiling(sch: s_tir.Schedule, rule: BlockRule, d: dict[str, Any], confi
             r_level += 1
         ends.append(order[-1])  # ends[L - 1]: the innermost loop of the structure's first L letters
     sch.reorder(*order)
+    for producer, level in (producers or {}).items():
+        sch.compute_at(sch.get_sblock(producer), ends[level - 1], preserve_unit_loops=True)
+        _vectorize_innermost(sch, sch.get_sblock(producer), config)
     lanes = d["spatial"][axis][-1]
     if d.get("pack", 0) > 0:
         _pack_operands(sch, block, rule.strided_reads[axis], lanes, ends[d["pack"] - 1])

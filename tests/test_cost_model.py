@@ -156,6 +156,30 @@ def test_guided_search_never_repeats_and_follows_the_model(hw):
     assert np.mean(guided) > np.mean(vector)
 
 
+def test_guided_search_computes_each_candidates_features_once(hw):
+    """Batches mutate the same best parents again, and what is measured was scored: features are kept."""
+    space = SearchSpace(ops.make("matmul", "64,64,64"))
+    extractor = FeatureExtractor(space, hw)
+    pool = [space.sample(random.Random(i)) for i in range(40)]
+    model = CostModel()
+    model.fit(extractor.extract(pool), [1e-3 * (1 + i % 7) for i in range(40)], ["w"] * 40)
+    search = ModelGuidedSearch(space, extractor, model, seed=0, population=16, generations=2)
+    fresh_extract, extracted = extractor.extract, []
+
+    def counting(candidates, schedules=None):
+        extracted.extend(c.key for c in candidates)
+        return fresh_extract(candidates, schedules)
+
+    extractor.extract = counting
+    for latency in (1e-3, 2e-3, 3e-3):
+        batch = search.ask(4)
+        search.tell([TrialRecord(space.workload.key, hw.key, c.key, c.decisions, Status.OK, latencies=(latency,) * 3)
+                     for c in batch])
+    assert len(extracted) == len(set(extracted)), "a candidate's features were computed twice"
+    told = np.stack([search.told_features[c.key] for c in batch])
+    np.testing.assert_array_equal(told, fresh_extract(batch))  # kept rows are what a fresh extraction gives
+
+
 def test_features_do_not_import_tensor_intrin():
     """MetaSchedule's TuneContext imports tvm.s_tir.tensor_intrin (~20 s); our feature path must not."""
     import subprocess

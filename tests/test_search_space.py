@@ -299,6 +299,34 @@ def test_packed_operands_and_other_vector_axes_compute_the_reference(op, shape, 
             np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3, err_msg=json.dumps(candidate.decisions))
 
 
+@pytest.mark.parametrize("op,shape", [("depthwise_conv2d", "1,8,12,12,3,3"), ("conv2d_nchw", "1,8,10,10,8,3,3")])
+def test_padding_may_be_computed_inside_the_tile_loops(op, shape, target):
+    workload = ops.make(op, shape)
+    space = SearchSpace(workload)
+    pad = next(r for r in space.rules if r.rule == "loops" and r.consumer)
+    inputs = workload.random_inputs(seed=1)
+    expected = _run(workload.mod, workload, target, inputs)
+    rng = random.Random(0)
+    for level in range(1, len(space.config.structure)):
+        decisions = space._draw(rng)
+        decisions["blocks"][pad.block].update(inline=False, at=level)
+        for key in ("vector_axis", "pack"):  # packing the padded input itself needs it computed first
+            decisions["blocks"][pad.consumer].pop(key, None)
+        candidate = Candidate(space.constrain(decisions))
+        assert candidate.decisions["blocks"][pad.block]["at"] == level
+        sch = space.try_apply(candidate)
+        assert sch is not None, json.dumps(candidate.decisions)
+        assert len(sch.get_loops(sch.get_sblock(pad.block))) > len(pad.spatial)  # under the tile's loops
+        _assert_vector_loops_are_innermost(sch.mod.script(), candidate)
+        for got, want in zip(_run(sch.mod, workload, target, inputs), expected):
+            np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3, err_msg=json.dumps(candidate.decisions))
+    inlined = space._draw(rng)
+    inlined["blocks"][pad.block].update(inline=True, at=2)
+    assert "at" not in space.constrain(inlined)["blocks"][pad.block]  # nothing left to place
+    drawn = [space.sample(rng).decisions["blocks"].get(pad.block, {}) for _ in range(30)]
+    assert any(d.get("at") for d in drawn) and any(not d.get("at") for d in drawn)
+
+
 def test_candidates_from_before_vector_axes_and_packing_keep_their_keys():
     space = SearchSpace(ops.make("dense", "16,32,24"))
     tile = {"spatial": [[1, 2, 4, 2], [1, 2, 2, 8]], "reduction": [[3, 8]], "write_level": 1, "accumulator": "local"}
