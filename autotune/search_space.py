@@ -98,6 +98,9 @@ class SearchSpace:
 
     workload: Workload
     config: SpaceConfig = field(default_factory=load_space_config)
+    # cores of the target: sampling gives parallel loops enough iterations to occupy them (see
+    # config.min_parallel_per_core); it changes which candidates are drawn, never what one means
+    cores: int = 1
     inlined: tuple[str, ...] = ()
     rules: tuple[BlockRule, ...] = ()
 
@@ -147,7 +150,8 @@ class SearchSpace:
         return decisions
 
     def _draw(self, rng: random.Random) -> dict[str, Any]:
-        blocks = {r.block: _draw_block(r, self.config, rng) for r in self.rules}
+        jobs = self.cores * self.config.min_parallel_per_core
+        blocks = {r.block: _draw_block(r, self.config, rng, jobs) for r in self.rules}
         decisions = {"format": CANDIDATE_FORMAT, "blocks": blocks, "unroll": rng.choice(self.config.unroll_steps)}
         return self.constrain(decisions)
 
@@ -369,21 +373,22 @@ def _try(fn: Any, *args: Any) -> bool:
 # sampling
 
 
-def _draw_block(rule: BlockRule, config: SpaceConfig, rng: random.Random) -> dict[str, Any]:
+def _draw_block(rule: BlockRule, config: SpaceConfig, rng: random.Random, jobs: int = 1) -> dict[str, Any]:
+    """One block's decisions; `jobs`: iterations its parallel loop should have where extents allow."""
     if rule.rule == "tile":
         axis = rng.choice(vector_axes(rule, config))
+        spatial = [_draw_tile(e, config.spatial_levels, config, rng, vectorized=(i == axis))
+                   for i, e in enumerate(rule.spatial)]
+        _widen_outer_tiles(spatial, jobs, axis, rng)
         return {
-            "spatial": [
-                _draw_tile(e, config.spatial_levels, config, rng, vectorized=(i == axis))
-                for i, e in enumerate(rule.spatial)
-            ],
+            "spatial": spatial,
             "reduction": [_draw_tile(e, config.reduction_levels, config, rng) for e in rule.reduction],
             "write_level": rng.choice(config.write_levels),
             "accumulator": rng.choice(config.accumulator_scopes),
             "vector_axis": axis,
             "pack": rng.choice(_pack_levels(rule, config, axis)),
         }
-    loops = _draw_loops(rule, config, rng)
+    loops = _draw_loops(rule, config, rng, jobs)
     if rule.inlinable:
         loops["inline"] = rng.random() < 0.5
     if rule.rule == "loops" and rule.consumer and (at := draw_tile_level(config, rng)):
@@ -495,10 +500,29 @@ def _keep_attached_loops_serial(rules: tuple[BlockRule, ...], blocks: dict[str, 
             consumer["vector"] = 1
 
 
-def _draw_loops(rule: BlockRule, config: SpaceConfig, rng: random.Random) -> dict[str, Any]:
+def _widen_outer_tiles(spatial: list[list[int]], jobs: int, vector_axis: int, rng: random.Random) -> None:
+    """Move prime factors of inner tile levels out to level 0, whose loops are fused into the
+    parallel loop, until it has at least `jobs` iterations or nothing is left to move. Other
+    axes give first; the vector axis never gives its innermost (vector) factor."""
+    while _product(f[0] for f in spatial) < jobs:
+        movable = [(axis, level) for axis, factors in enumerate(spatial)
+                   for level in range(1, len(factors) - (axis == vector_axis)) if factors[level] > 1]
+        if not movable:
+            return
+        axis, level = rng.choice([m for m in movable if m[0] != vector_axis] or movable)
+        prime = smallest_prime_factor(spatial[axis][level])
+        spatial[axis][level] //= prime
+        spatial[axis][0] *= prime
+
+
+def _draw_loops(rule: BlockRule, config: SpaceConfig, rng: random.Random, jobs: int = 1) -> dict[str, Any]:
+    """Parallel depth (leading loops fused, among those with at least `jobs` iterations when some
+    have), vector width, and the reduction's vector width where there is a choice."""
     last = rule.spatial[-1] if rule.spatial else 1
     vectors = [v for v in config.loop_vector_factors if last % v == 0] or [1]
-    drawn = {"parallel": rng.randint(0, len(rule.spatial)), "vector": rng.choice(vectors)}
+    depths = range(len(rule.spatial) + 1)
+    busy = [d for d in depths if d and _product(rule.spatial[:d]) >= jobs]
+    drawn = {"parallel": rng.choice(busy if busy and jobs > 1 else depths), "vector": rng.choice(vectors)}
     widths = rfactor_choices(rule, config)
     if widths != [1]:  # no key where there is no choice: such candidates stay as they were before rfactor
         drawn["rfactor"] = rng.choice(widths)

@@ -32,6 +32,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, type | None]]] = {
     },
     "loops": {"vector_factors": (list, int), "reduction_vector_factors": (list, int)},
     "compute_location": {"enabled": (bool, None)},
+    "parallel": {"min_iterations_per_core": (int, None)},
     "unroll": {"max_steps": (list, int)},
 }
 
@@ -52,6 +53,7 @@ class SpaceConfig:
     loop_vector_factors: tuple[int, ...]
     reduction_vector_factors: tuple[int, ...]
     compute_location: bool
+    min_parallel_per_core: int  # draws give a block's parallel loop at least cores x this many iterations
     unroll_steps: tuple[int, ...]
     source: str
 
@@ -130,6 +132,7 @@ def _check_values(data: dict[str, Any], path: Path) -> None:
         "loops.vector_factors": min(data["loops"]["vector_factors"]) < 1,
         "loops.reduction_vector_factors": min(data["loops"]["reduction_vector_factors"]) < 1,
         "unroll.max_steps": min(data["unroll"]["max_steps"]) < 0,
+        "parallel.min_iterations_per_core": data["parallel"]["min_iterations_per_core"] < 1,
     }
     for key, bad in problems.items():
         if bad:
@@ -152,6 +155,7 @@ def _to_config(data: dict[str, Any], path: Path) -> SpaceConfig:
         loop_vector_factors=tuple(data["loops"]["vector_factors"]),
         reduction_vector_factors=tuple(data["loops"]["reduction_vector_factors"]),
         compute_location=data["compute_location"]["enabled"],
+        min_parallel_per_core=data["parallel"]["min_iterations_per_core"],
         unroll_steps=tuple(data["unroll"]["max_steps"]),
         source=str(path),
     )

@@ -384,6 +384,31 @@ def test_tiles_of_the_vectorized_loop_multiply_to_the_extent():
             assert int(np.prod(factors)) == extent
 
 
+@pytest.mark.parametrize("op,shape", [("depthwise_conv2d", "1,8,12,12,3,3"), ("matmul", "12,40,24"), ("softmax", "12,40")])
+def test_draws_give_the_parallel_loop_an_iteration_for_each_core(op, shape):
+    """Without the target's cores, a fifth of draws had one outer iteration (one core busy)."""
+    workload = ops.make(op, shape)
+    serial, cores4 = SearchSpace(workload), SearchSpace(workload, cores=4)
+    rng = random.Random(0)
+    outer_iterations = {"serial": [], "cores4": []}
+    for name, space in (("serial", serial), ("cores4", cores4)):
+        for _ in range(60):
+            for rule, d in zip(space.rules, space._draw(rng)["blocks"].values()):
+                if "spatial" in d:
+                    outer_iterations[name].append(int(np.prod([f[0] for f in d["spatial"]])))
+                elif rule.rule == "loops" and "at" not in d:  # a producer inside the tiles has no loops of its own
+                    outer_iterations[name].append(int(np.prod(rule.spatial[: d["parallel"]])) if d["parallel"] else 1)
+    assert min(outer_iterations["cores4"]) >= 4 and min(outer_iterations["serial"]) == 1
+    for _ in range(20):  # factors only moved between levels: still the extents, vector loop kept
+        candidate = cores4.sample(rng)
+        assert apply_candidate(cores4, candidate).mod.script() == apply_candidate(serial, candidate).mod.script()
+    tiny = SearchSpace(ops.make("matmul", "2,3,4"), cores=64)  # fewer iterations than cores: all but the vector
+    for _ in range(5):
+        tile = tiny._draw(rng)["blocks"]["C"]
+        lanes = tile["spatial"][tile.get("vector_axis", 1)][-1]
+        assert int(np.prod([f[0] for f in tile["spatial"]])) == 6 // lanes
+
+
 def test_apply_is_deterministic_and_candidates_round_trip():
     space = SearchSpace(ops.make("matmul", "64,64,64"))
     candidate = space.sample(random.Random(3))
@@ -434,6 +459,7 @@ def _write_variant(tmp_path, old, new):
         ('vector_axes = "any"', 'vector_axes = "first"', "tiling.vector_axes has an invalid value"),
         ("pack_levels = [0, 1, 2, 3]", "pack_levels = [0, 6]", "tiling.pack_levels has an invalid value"),
         ("max_transposed_register_tile = 512\n", "", "missing key tiling.max_transposed_register_tile"),
+        ("min_iterations_per_core = 1", "min_iterations_per_core = 0", "parallel.min_iterations_per_core has an invalid"),
         ("[tiling]", "[tiling", "cannot read"),
     ],
 )
