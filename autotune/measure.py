@@ -45,6 +45,13 @@ class MeasureOptions:
     # A kernel builds in 0.1-3 s here; the rare candidate whose code LLVM takes minutes over (huge
     # unrolled register tiles) is not worth a builder's time. MetaSchedule's default is 30 s too.
     build_timeout: float = 30.0
+    # Once BUILDS_BEFORE_ADAPTIVE_TIMEOUT candidates of a workload have built, a build is stopped
+    # at this many times their median build time (never below min_build_timeout, never above
+    # build_timeout; 0: off). Code that takes that long to compile is huge unrolled bodies: of 20
+    # such candidates in eight random-search runs (conv, depthwise, softmax), none ran within
+    # 1.27x of its run's best, and one 30 s build held a whole batch's runs back.
+    build_timeout_vs_median: float = 10.0
+    min_build_timeout: float = 2.0
     run_timeout: float = 30.0
     repeat: int = 5  # timed repeats, each at another placement of the arrays (worker.placed_copies); the median is the latency
     min_repeat_ms: int = 30  # each repeat loops the kernel for at least this long
@@ -65,6 +72,7 @@ class MeasureOptions:
         return self.memory_limit_mb or int(psutil.virtual_memory().total / 2 / (1 << 20))
 
 
+BUILDS_BEFORE_ADAPTIVE_TIMEOUT = 8
 STARTUP_TIMEOUT = 300.0  # a worker's imports take 0.5-3 s; a loaded machine can take much longer
 
 
@@ -104,7 +112,7 @@ class WorkerProcess:
         ready, _, _ = select.select([proc.stdout], [], [], timeout)
         if not ready:
             self.kill()
-            raise WorkerDied(Status.TIMEOUT, f"timed out after {timeout:.0f} s")
+            raise WorkerDied(Status.TIMEOUT, f"timed out after {timeout:.3g} s")
         line = proc.stdout.readline()
         if not line:
             code = self._reap()
@@ -240,6 +248,7 @@ class Measurer:
         self._outputs = [i for i, a in enumerate(space.workload.args) if a.is_output]
         self._prepared = False
         self._run_timeout = self.options.run_timeout
+        self._build_secs: list[float] = []  # of this workload's successful builds (see build_timeout_vs_median)
 
     def __enter__(self) -> "Measurer":
         return self
@@ -299,9 +308,26 @@ class Measurer:
         request = {"job": "build", "decisions": candidate.decisions, "out_path": out_path}
         if self.options.inject is not None:
             request["inject"] = self.options.inject(candidate)
-        answer = self._call_builder(request, self.options.build_timeout)
+        limit, why = self._build_limit()
+        answer = self._call_builder(request, limit)
+        if answer.get("ok"):
+            self._build_secs.append(float(answer.get("build_secs", 0.0)))
+        elif why and "timed out" in str(answer.get("error", "")):
+            answer["error"] += f" ({why})"
         answer["out_path"] = out_path
         return answer
+
+    def _build_limit(self) -> tuple[float, str]:
+        """Seconds a build may take, and why when it is less than options.build_timeout."""
+        options, done = self.options, sorted(self._build_secs)
+        if options.build_timeout_vs_median <= 0 or len(done) < BUILDS_BEFORE_ADAPTIVE_TIMEOUT:
+            return options.build_timeout, ""
+        median = done[len(done) // 2]
+        limit = max(options.min_build_timeout, options.build_timeout_vs_median * median)
+        if limit >= options.build_timeout:
+            return options.build_timeout, ""
+        return limit, (f"{options.build_timeout_vs_median:g}x the median build of this workload's "
+                       f"{len(done)} built candidates, {median:.2f} s")
 
     def _call_builder(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Send a request to an idle builder (one request per builder at a time)."""

@@ -106,3 +106,26 @@ def test_each_repeat_sees_the_arrays_at_another_aligned_placement():
             assert view.dtype == original.dtype and view.shape == original.shape
     # where the first array starts within a 4 KiB page (its cache sets) changes from draw to draw
     assert len({views[0].ctypes.data % 4096 for views in draws}) >= 4
+
+
+def test_a_build_far_slower_than_the_workloads_usual_builds_is_stopped():
+    import random
+    import time
+
+    from autotune import ops
+    from autotune.measure import BUILDS_BEFORE_ADAPTIVE_TIMEOUT, Measurer, MeasureOptions
+    from autotune.search_space import SearchSpace
+
+    space = SearchSpace(ops.make("matmul", "16,16,16"))
+    rng = random.Random(0)
+    candidates = list({c.key: c for c in (space.sample(rng) for _ in range(40))}.values())
+    usual, hanging = candidates[:BUILDS_BEFORE_ADAPTIVE_TIMEOUT], candidates[BUILDS_BEFORE_ADAPTIVE_TIMEOUT]
+    options = MeasureOptions(build_timeout=120, min_build_timeout=1.0, repeat=1, min_repeat_ms=1,
+                             inject=lambda c: "build_hang" if c.key == hanging.key else None)
+    with Measurer(space, resolve_target("llvm"), options) as measurer:
+        assert measurer._build_limit() == (120, "")  # too few builds to know what is usual
+        assert all(r.status is Status.OK for r in measurer.measure(usual))
+        start = time.perf_counter()
+        (stopped,) = measurer.measure([hanging])
+        assert time.perf_counter() - start < 30  # not the 120 s of build_timeout
+    assert stopped.status is Status.BUILD_ERROR and "median build" in stopped.error
