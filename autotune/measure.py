@@ -326,8 +326,8 @@ class Measurer:
         limit = max(options.min_build_timeout, options.build_timeout_vs_median * median)
         if limit >= options.build_timeout:
             return options.build_timeout, ""
-        return limit, (f"{options.build_timeout_vs_median:g}x the median build of this workload's "
-                       f"{len(done)} built candidates, {median:.2f} s")
+        return limit, (f"{options.build_timeout_vs_median:g}x the median build ({median:.2f} s) of this workload's "
+                       f"{len(done)} built candidates, at least {options.min_build_timeout:g} s")
 
     def _call_builder(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Send a request to an idle builder (one request per builder at a time)."""
