@@ -20,7 +20,7 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 
 from .search_space import Candidate, SearchSpace, apply_candidate, vector_axis
-from .target import HardwareTarget
+from .target import HardwareTarget, available_cores
 
 # 2: loops_rfactor, n_kept_producers; 3: store counts relative to the workload's size;
 # 4: vector_axis_not_last, pack_level (and log2_vector of the vectorized axis, not always the last)
@@ -56,7 +56,7 @@ class FeatureExtractor:
     def __init__(self, space: SearchSpace, target: HardwareTarget):
         self.space = space
         self.target = target
-        self._context = _feature_context(space.workload.mod, target.target)
+        self._context = _feature_context(space.workload.mod, target.target, threads=available_cores())
         self._extractor = ms.feature_extractor.PerStoreFeature(extract_workload=False)
         self._args_info = ms.arg_info.ArgInfo.from_prim_func(space.workload.mod["main"])
         self._scale = _workload_scale(space.workload)
@@ -121,15 +121,17 @@ class FeatureExtractor:
         return out
 
 
-def _feature_context(mod: tvm.IRModule, target: tvm.target.Target) -> ms.TuneContext:
-    """A TuneContext holding just the module and target, which is all PerStoreFeature reads.
+def _feature_context(mod: tvm.IRModule, target: tvm.target.Target, threads: int) -> ms.TuneContext:
+    """A TuneContext holding just the module, the target and a thread count, which is all
+    PerStoreFeature reads: it extracts the candidates' rows on that many threads of this machine
+    (the search runs while the measurement workers are idle, so their cores are free).
 
     TuneContext.__init__ imports tvm.s_tir.tensor_intrin first, which costs ~20-40 s on our
     machines; the FFI constructor it ends with does not need it, so we call that directly.
     """
     context = ms.TuneContext.__new__(ms.TuneContext)
     context.__init_handle_by_constructor__(
-        ms._ffi_api.TuneContext, mod, target, None, None, "autotune", 1, -1, None  # type: ignore[attr-defined]
+        ms._ffi_api.TuneContext, mod, target, None, None, "autotune", threads, -1, None  # type: ignore[attr-defined]
     )
     return context
 
