@@ -516,8 +516,9 @@ def _widen_outer_tiles(spatial: list[list[int]], jobs: int, vector_axis: int, rn
 
 
 def _draw_loops(rule: BlockRule, config: SpaceConfig, rng: random.Random, jobs: int = 1) -> dict[str, Any]:
-    """Parallel depth (leading loops fused, among those with at least `jobs` iterations when some
-    have), vector width, and the reduction's vector width where there is a choice."""
+    """Parallel depth (leading loops fused: among the depths with at least `jobs` iterations when
+    some have and there is more than one core, else any depth, serial included), vector width, and
+    the reduction's vector width where there is a choice."""
     last = rule.spatial[-1] if rule.spatial else 1
     vectors = [v for v in config.loop_vector_factors if last % v == 0] or [1]
     depths = range(len(rule.spatial) + 1)
