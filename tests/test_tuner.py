@@ -39,7 +39,10 @@ def test_tune_te_matmul_end_to_end(db_path):
     assert len(result.trials) == TRIALS and len(progress) == TRIALS
     assert [p.done for p in progress] == list(range(1, TRIALS + 1))
     assert result.best is not None and result.best.status is Status.OK
-    assert result.best_latency == min(r.latency for r in result.trials if r.latency)
+    # The best is the fastest trial still marked correct (verify_best may have flagged one "unstable").
+    with Database(db_path) as db:
+        correct = [r for r in db.trials(result.workload.key, result.target.key) if r.status is Status.OK]
+    assert result.best_latency == min(r.latency for r in correct)
     assert result.best_gflops > 0
     # The tuned module computes what the untuned one does.
     workload = result.workload
@@ -60,9 +63,14 @@ def test_second_session_measures_only_new_candidates(db_path):
     second = autotune.tune(workload, trials=4, database=db_path, seed=1)  # same seed: same draws
     first_keys = {r.candidate_key for r in first.trials}
     assert not first_keys & {r.candidate_key for r in second.trials}
-    assert second.best_latency <= first.best_latency
-    with Database(db_path) as db:  # model-guided (the default): the features of measured candidates are kept
+    with Database(db_path) as db:
+        both = db.trials(workload.key, first.target.key)
+        # model-guided (the default): the features of measured candidates are kept
         kept = db.cached_features(workload.key, first.target.key, FEATURE_VERSION)
+    assert len(both) == 8
+    # The second best is over both sessions' records. It may be slower than the first session's best
+    # when verify_best re-measured that one far off and flagged it "unstable" (µs kernels on a busy machine).
+    assert second.best_latency == min(r.latency for r in both if r.status is Status.OK)
     assert first_keys | {r.candidate_key for r in second.trials} <= set(kept)
 
 
