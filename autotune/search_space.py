@@ -41,6 +41,7 @@ from tvm import s_tir
 from tvm.tirx.analysis import undefined_vars
 
 from .space_config import SpaceConfig, load_space_config
+from .target import VectorRegisters
 from .workload import Workload
 
 CANDIDATE_FORMAT = 1
@@ -76,6 +77,7 @@ class BlockRule:
     reduction: tuple[int, ...] = ()  # extents of its reduction loops
     epilogue: str | None = None  # tile: the elementwise consumer fused into the tile
     epilogue_inline: bool = False  # tile: the epilogue can be inlined into the write-back
+    accumulator_bits: int = 32  # tile: bits of one element of the block's output (its accumulator)
     # tile: per spatial loop, the (read index, buffer axis) of each operand that vectorizing that
     # loop would read with a stride: the loop's iterator alone indexes an axis that is not the last
     strided_reads: tuple[tuple[tuple[int, int], ...], ...] = ()
@@ -101,6 +103,9 @@ class SearchSpace:
     # cores of the target: sampling gives parallel loops enough iterations to occupy them (see
     # config.min_parallel_per_core); it changes which candidates are drawn, never what one means
     cores: int = 1
+    # the target's SIMD registers: sampling keeps register tiles' accumulators within
+    # config.accumulator_register_share of them (None: unbounded); like `cores`, it changes draws only
+    registers: VectorRegisters | None = None
     inlined: tuple[str, ...] = ()
     rules: tuple[BlockRule, ...] = ()
 
@@ -151,7 +156,7 @@ class SearchSpace:
 
     def _draw(self, rng: random.Random) -> dict[str, Any]:
         jobs = self.cores * self.config.min_parallel_per_core
-        blocks = {r.block: _draw_block(r, self.config, rng, jobs) for r in self.rules}
+        blocks = {r.block: _draw_block(r, self.config, rng, jobs, self.registers) for r in self.rules}
         decisions = {"format": CANDIDATE_FORMAT, "blocks": blocks, "unroll": rng.choice(self.config.unroll_steps)}
         return self.constrain(decisions)
 
@@ -249,8 +254,10 @@ def _tile_rule(sch: s_tir.Schedule, name: str, epilogue: str | None) -> BlockRul
         probe = sch.copy()
         writeback = probe.cache_write(probe.get_sblock(name), 0, "local")
         inline_ok = _try(probe.reverse_compute_inline, probe.get_sblock(epilogue)) and writeback is not None
+    stmt = sch.get(sch.get_sblock(name))
     return BlockRule(name, "tile", spatial, reduction, epilogue=epilogue, epilogue_inline=inline_ok,
-                     strided_reads=_strided_reads(sch.get(sch.get_sblock(name)), len(spatial)))
+                     accumulator_bits=int(stmt.writes[0].source.dtype.bits),
+                     strided_reads=_strided_reads(stmt, len(spatial)))
 
 
 def _strided_reads(stmt: Any, n_spatial: int) -> tuple[tuple[tuple[int, int], ...], ...]:
@@ -373,13 +380,18 @@ def _try(fn: Any, *args: Any) -> bool:
 # sampling
 
 
-def _draw_block(rule: BlockRule, config: SpaceConfig, rng: random.Random, jobs: int = 1) -> dict[str, Any]:
-    """One block's decisions; `jobs`: iterations its parallel loop should have where extents allow."""
+def _draw_block(rule: BlockRule, config: SpaceConfig, rng: random.Random, jobs: int = 1,
+                registers: VectorRegisters | None = None) -> dict[str, Any]:
+    """One block's decisions; `jobs`: iterations its parallel loop should have where extents allow;
+    `registers`: the target's SIMD registers, which a register tile's accumulators should fit in."""
     if rule.rule == "tile":
         axis = rng.choice(vector_axes(rule, config))
         spatial = [_draw_tile(e, config.spatial_levels, config, rng, vectorized=(i == axis))
                    for i, e in enumerate(rule.spatial)]
         _widen_outer_tiles(spatial, jobs, axis, rng)
+        if registers is not None and config.accumulator_register_share > 0:
+            accumulators = max(1, int(registers.count * config.accumulator_register_share))
+            _fit_register_file(spatial, axis, accumulators, registers.lanes(rule.accumulator_bits))
         return {
             "spatial": spatial,
             "reduction": [_draw_tile(e, config.reduction_levels, config, rng) for e in rule.reduction],
@@ -475,6 +487,15 @@ def _shrink_register_tile(spatial: list[list[int]], vector_axis: int, limit: int
         prime = smallest_prime_factor(spatial[axis][-1])
         spatial[axis][-1] //= prime
         spatial[axis][-2] *= prime
+
+
+def _fit_register_file(spatial: list[list[int]], vector_axis: int, registers: int, lanes: int) -> None:
+    """Shrink the register tile (see `_shrink_register_tile`) until its accumulators fit in
+    `registers` SIMD registers of `lanes` elements: each row of the vector loop takes
+    ceil(vector factor / lanes) of them, and the other axes' innermost factors count the rows."""
+    vector = spatial[vector_axis][-1]
+    rows = max(1, registers // -(-vector // lanes))
+    _shrink_register_tile(spatial, vector_axis, rows * vector)
 
 
 def smallest_prime_factor(n: int) -> int:

@@ -28,6 +28,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, type | None]]] = {
         "accumulator_scopes": (list, str),
         "vector_axes": (str, None),
         "max_transposed_register_tile": (int, None),
+        "accumulator_register_share": (float, None),
         "pack_levels": (list, int),
     },
     "loops": {"vector_factors": (list, int), "reduction_vector_factors": (list, int)},
@@ -49,6 +50,7 @@ class SpaceConfig:
     accumulator_scopes: tuple[str, ...]
     vector_axes: str  # "last": only the last spatial loop is vectorized; "any": any whose extent allows it
     max_transposed_register_tile: int  # register tile elements when another axis than the last is vectorized
+    accumulator_register_share: float  # draws keep a register tile's accumulators in this share of the SIMD registers
     pack_levels: tuple[int, ...]  # 0: no packing; L: strided operands packed after the L-th letter's loops
     loop_vector_factors: tuple[int, ...]
     reduction_vector_factors: tuple[int, ...]
@@ -128,6 +130,7 @@ def _check_values(data: dict[str, Any], path: Path) -> None:
         "tiling.accumulator_scopes": not set(tiling["accumulator_scopes"]) <= {"local", "global"},
         "tiling.vector_axes": tiling["vector_axes"] not in ("last", "any"),
         "tiling.max_transposed_register_tile": tiling["max_transposed_register_tile"] < 1,
+        "tiling.accumulator_register_share": not 0.0 <= tiling["accumulator_register_share"] <= 1.0,
         "tiling.pack_levels": not all(0 <= v < len(structure) for v in tiling["pack_levels"]),
         "loops.vector_factors": min(data["loops"]["vector_factors"]) < 1,
         "loops.reduction_vector_factors": min(data["loops"]["reduction_vector_factors"]) < 1,
@@ -151,6 +154,7 @@ def _to_config(data: dict[str, Any], path: Path) -> SpaceConfig:
         accumulator_scopes=tuple(tiling["accumulator_scopes"]),
         vector_axes=tiling["vector_axes"],
         max_transposed_register_tile=tiling["max_transposed_register_tile"],
+        accumulator_register_share=float(tiling["accumulator_register_share"]),
         pack_levels=tuple(tiling["pack_levels"]),
         loop_vector_factors=tuple(data["loops"]["vector_factors"]),
         reduction_vector_factors=tuple(data["loops"]["reduction_vector_factors"]),

@@ -76,6 +76,11 @@ class HardwareTarget:
     def num_cores(self) -> int:
         return int(self.target.attrs.get("num-cores", 1))
 
+    @property
+    def vector_registers(self) -> "VectorRegisters | None":
+        """The SIMD register file of an llvm target, from its ISA features (None when unknown)."""
+        return vector_registers(self.target)
+
     def target_json(self) -> dict[str, Any]:
         """The TVM target as a canonical plain-JSON dict (sorted keys, lists instead of tuples)."""
         return _plain(dict(self.target.export()))
@@ -86,6 +91,37 @@ class HardwareTarget:
     @staticmethod
     def from_json(data: dict[str, Any]) -> "HardwareTarget":
         return HardwareTarget(tvm.target.Target(data["target"]), dict(data["fingerprint"]), str(data["key"]))
+
+
+@dataclass(frozen=True)
+class VectorRegisters:
+    """A CPU's SIMD register file: how many registers, and how many bytes each holds."""
+
+    count: int
+    bytes: int
+
+    def lanes(self, bits: int) -> int:
+        """Elements of `bits` bits that one register holds."""
+        return max(1, self.bytes * 8 // bits)
+
+
+def vector_registers(target: tvm.target.Target) -> VectorRegisters | None:
+    """The architectural SIMD registers an llvm target's code can use: x86 has 32 of 64 bytes with
+    AVX-512, 16 of 32 bytes with AVX, 16 of 16 bytes with SSE; AArch64 has 32 NEON registers of 16
+    bytes. None for other targets, whose register tiles are then not bounded by it."""
+    if str(target.kind.name) != "llvm":
+        return None
+    triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
+    if triple.startswith(("aarch64", "arm64")):
+        return VectorRegisters(32, 16)
+    if not triple.startswith(("x86_64", "i686", "i386")):
+        return None
+    features = {str(f) for f in codegen.llvm_get_cpu_features(target)}
+    if "avx512f" in features:
+        return VectorRegisters(32, 64)
+    if "avx" in features:
+        return VectorRegisters(16, 32)
+    return VectorRegisters(16, 16)
 
 
 def resolve_target(spec: Any = None) -> HardwareTarget:

@@ -170,7 +170,7 @@ class TaskTuner:
     ):
         self.workload, self.target, self.db = workload, target, db
         self.session_id = session_id
-        self.space = SearchSpace(workload, config, cores=target.num_cores)
+        self.space = SearchSpace(workload, config, cores=target.num_cores, registers=target.vector_registers)
         db.commit_workload(workload)
         db.commit_target(target.key, target.target_json(), target.fingerprint)
         similar_key = closest_similar_target(db, target, workload.key) if similar else None

@@ -17,7 +17,7 @@ from autotune import ops
 from autotune.errors import SearchSpaceError
 from autotune.search_space import Candidate, SearchSpace, apply_candidate, rfactor_choices, trace_json
 from autotune.space_config import load_space_config, search_spaces_dir
-from autotune.target import resolve_target
+from autotune.target import VectorRegisters, resolve_target
 from autotune.workload import as_workload
 
 CASES = [
@@ -409,6 +409,31 @@ def test_draws_give_the_parallel_loop_an_iteration_for_each_core(op, shape):
         assert int(np.prod([f[0] for f in tile["spatial"]])) == 6 // lanes
 
 
+@pytest.mark.parametrize("op,shape", [("batch_matmul", "8,64,64,32"), ("dense", "24,96,64"), ("conv2d_nchw", "1,16,14,14,32,3,3")])
+def test_draws_keep_the_register_tiles_accumulators_in_the_register_file(op, shape):
+    """Uniform innermost factors mostly asked for more accumulators than a CPU has registers."""
+    workload = ops.make(op, shape)
+    avx512, unbounded = SearchSpace(workload, registers=VectorRegisters(32, 64)), SearchSpace(workload)
+    limit = int(32 * avx512.config.accumulator_register_share)
+    rng = random.Random(1)
+
+    def accumulators(space: SearchSpace) -> list[int]:
+        counts = []
+        for _ in range(60):
+            for d in space._draw(rng)["blocks"].values():
+                if "spatial" in d:
+                    inner = [f[-1] for f in d["spatial"]]
+                    vector = inner.pop(d.get("vector_axis", len(inner) - 1))
+                    counts.append(int(np.prod(inner)) * -(-vector // 16))
+        return counts
+
+    bounded = accumulators(avx512)
+    assert max(bounded) <= limit < max(accumulators(unbounded))
+    for _ in range(10):  # factors only moved between levels: any space applies the candidate the same way
+        candidate = avx512.sample(rng)
+        assert apply_candidate(avx512, candidate).mod.script() == apply_candidate(unbounded, candidate).mod.script()
+
+
 def test_apply_is_deterministic_and_candidates_round_trip():
     space = SearchSpace(ops.make("matmul", "64,64,64"))
     candidate = space.sample(random.Random(3))
@@ -460,6 +485,8 @@ def _write_variant(tmp_path, old, new):
         ("pack_levels = [0, 1, 2, 3]", "pack_levels = [0, 6]", "tiling.pack_levels has an invalid value"),
         ("max_transposed_register_tile = 512\n", "", "missing key tiling.max_transposed_register_tile"),
         ("min_iterations_per_core = 1", "min_iterations_per_core = 0", "parallel.min_iterations_per_core has an invalid"),
+        ("accumulator_register_share = 0.75", "accumulator_register_share = 1.5",
+         "tiling.accumulator_register_share has an invalid value"),
         ("[tiling]", "[tiling", "cannot read"),
     ],
 )

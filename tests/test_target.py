@@ -175,3 +175,16 @@ def test_compile_and_run_with_resolved_target():
     out = tvm.runtime.tensor(np.zeros(n, "float32"))
     lib["main"](tvm.runtime.tensor(x), out)
     np.testing.assert_allclose(out.numpy(), x * 2 + 1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("config,registers", [
+    ({"kind": "llvm", "mcpu": "skylake-avx512"}, T.VectorRegisters(32, 64)),
+    ({"kind": "llvm", "mcpu": "haswell"}, T.VectorRegisters(16, 32)),
+    ({"kind": "llvm", "mcpu": "x86-64"}, T.VectorRegisters(16, 16)),
+    ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1"}, T.VectorRegisters(32, 16)),
+    ({"kind": "c"}, None),
+])
+def test_vector_register_file_follows_the_isa(config, registers):
+    assert T.vector_registers(tvm.target.Target(config)) == registers
+    if registers is not None:
+        assert registers.lanes(32) == registers.bytes // 4 and registers.lanes(8) == registers.bytes
