@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -29,24 +30,34 @@ EXPECTED = {"segfault": Status.RUN_ERROR, "hang": Status.TIMEOUT, "alloc": Statu
 
 
 def fault_plan(share_ok: float):
-    """A deterministic plan: a fault kind per candidate (by its key), the untuned default always clean."""
+    """A plan: a fault kind per candidate, the untuned default always clean.
+
+    Whether a candidate is clean is drawn from its key; the faulty ones get the kinds in turn, in
+    the order they are first seen, so every kind occurs once five candidates are faulty, whatever
+    the space draws (a kind drawn from the key too went missing when the draws changed).
+    """
     kinds = ["segfault", "hang", "alloc", "wrong", "build_segfault"]
+    assigned: dict[str, str | None] = {}
+    lock = threading.Lock()  # builds ask for their candidate's fault from the pool's threads
 
     def plan(candidate):
         if not candidate.decisions.get("blocks"):
             return None
-        draw = int(hashlib.sha256(candidate.key.encode()).hexdigest(), 16)
-        if (draw % 1000) / 1000 < share_ok:
-            return None
-        return kinds[(draw // 1000) % len(kinds)]
+        with lock:
+            if candidate.key not in assigned:
+                draw = int(hashlib.sha256(candidate.key.encode()).hexdigest(), 16)
+                faulty = sum(kind is not None for kind in assigned.values())
+                assigned[candidate.key] = None if (draw % 1000) / 1000 < share_ok else kinds[faulty % len(kinds)]
+            return assigned[candidate.key]
 
     return plan
 
 
 def run_with_faults(tmp_path, trials: int, share_ok: float):
     plan = fault_plan(share_ok)
-    options = MeasureOptions(run_timeout=1.5, build_timeout=30, memory_limit_mb=4096, inject=plan, repeat=2,
-                             min_repeat_ms=5)
+    # No adaptive build limit: a clean candidate that builds slowly (unroll) is not an injected fault.
+    options = MeasureOptions(run_timeout=1.5, build_timeout=30, build_timeout_vs_median=0, memory_limit_mb=4096,
+                             inject=plan, repeat=2, min_repeat_ms=5)
     workload = ops.make("matmul", "32,32,32")
     result = autotune.tune(workload, trials=trials, database=tmp_path / "faults.db", seed=3, strategy="random",
                            measure=options, batch_size=8)
