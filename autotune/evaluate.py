@@ -140,7 +140,7 @@ def _worker_job(request: dict[str, Any], inputs: list[np.ndarray], tmp: Path, la
                 repeat: int) -> tuple[list[np.ndarray], float]:
     inputs_path, out_path = tmp / "inputs.npz", tmp / f"{label}-out.npz"
     np.savez(inputs_path, **{f"arg{i}": a for i, a in enumerate(inputs)})
-    worker = WorkerProcess(f"model-{label}", threads=hw.num_cores)
+    worker = WorkerProcess(f"model-{label}", threads=hw.num_cores, torch=request["job"] == "torch_model")
     try:
         answer = worker.call({**request, "inputs_path": str(inputs_path), "out_path": str(out_path),
                               "repeat": repeat, "min_repeat_ms": 50}, timeout=600)

@@ -84,13 +84,24 @@ class WorkerDied(Exception):
         self.status = status
 
 
-class WorkerProcess:
-    """One `python -m autotune.worker` child; restarted on demand after it dies."""
+# How a worker that needs no PyTorch is started. TVM's FFI imports PyTorch whenever it is installed
+# (1.6 s of a worker's 3.5 s start on a 2-core Zen 3), and builds and timed runs never use it: such
+# a worker starts with `import torch` failing, as if it were not installed. Every tune starts three.
+_WITHOUT_TORCH = ("import runpy, sys; sys.modules['torch'] = None; "
+                  "runpy.run_module('autotune.worker', run_name='__main__', alter_sys=True)")
 
-    def __init__(self, name: str, threads: int, memory_mb: int = 0):
+
+class WorkerProcess:
+    """One `python -m autotune.worker` child; restarted on demand after it dies.
+
+    `torch`: whether the worker may import PyTorch (only the job that runs a PyTorch model needs it).
+    """
+
+    def __init__(self, name: str, threads: int, memory_mb: int = 0, torch: bool = False):
         self.name = name
         self.threads = threads
         self.memory_mb = memory_mb
+        self.torch = torch
         self._proc: subprocess.Popen[str] | None = None
         self._ready = False
 
@@ -135,7 +146,7 @@ class WorkerProcess:
             env = dict(os.environ, TVM_NUM_THREADS=str(self.threads), PYTHONPATH=path,
                        AUTOTUNE_WORKER_MEMORY_MB=str(self.memory_mb))
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "autotune.worker"],
+                [sys.executable, "-m", "autotune.worker"] if self.torch else [sys.executable, "-c", _WITHOUT_TORCH],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,

@@ -129,3 +129,23 @@ def test_a_build_far_slower_than_the_workloads_usual_builds_is_stopped():
         (stopped,) = measurer.measure([hanging])
         assert time.perf_counter() - start < 30  # not the 120 s of build_timeout
     assert stopped.status is Status.BUILD_ERROR and "median build" in stopped.error
+
+
+def _maps_torch(worker: WorkerProcess) -> bool:
+    """Whether the worker process has PyTorch's library mapped (it is imported there)."""
+    with open(f"/proc/{worker._proc.pid}/maps") as maps:
+        return "libtorch" in maps.read()
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="reads /proc/PID/maps")
+def test_build_and_run_workers_start_without_pytorch_and_the_pytorch_job_has_it(tmp_path, arrays):
+    pytest.importorskip("torch")
+    plain, with_torch = WorkerProcess("plain", threads=1), WorkerProcess("torch", threads=1, torch=True)
+    try:
+        lib = _export(tmp_path, "double", lambda A, i: A[i] * 2.0)
+        assert plain.call(_request(lib, arrays), timeout=60)["status"] == "ok"  # still builds and runs
+        assert not _maps_torch(plain)
+        with_torch.call({"job": "no_such_job"}, timeout=60)
+        assert _maps_torch(with_torch)
+    finally:
+        plain.kill(), with_torch.kill()
