@@ -207,7 +207,11 @@ class TaskTuner:
 
         A best whose re-measurement is off by more than RECHECK_TOLERANCE (either way), or that
         no longer runs correctly, is measured once more: a burst of other load on the machine
-        is not an unstable kernel. Off twice, it is marked "unstable" (kept, never best again)
+        is not an unstable kernel. Off twice, the runner-up is re-measured as a control: when it
+        is off by about as much (within RECHECK_TOLERANCE of the best's factor), the machine's
+        speed changed, not the kernel, and the best stays best (on our 2-core VMs the two-core
+        FMA peak alternates between about 200 and 100 GFLOPS, for seconds to minutes: see
+        bench/peak_flops.py). Otherwise the best is marked "unstable" (kept, never best again)
         and the next best is checked, up to `attempts` times. Every re-measurement is stored.
         Records with only a trace (imported) are not re-run.
         """
@@ -219,7 +223,7 @@ class TaskTuner:
             if _off(ratio):
                 self.db.commit_check(best.id, again, ratio, False)
                 again, ratio = self._remeasure(best)
-            flagged = _off(ratio)
+            flagged = _off(ratio) and not self._machine_changed(best, ratio)
             self.db.commit_check(best.id, again, ratio, flagged)
             if not flagged:
                 return best, again.latency
@@ -227,6 +231,21 @@ class TaskTuner:
                            self.workload.name, f"{again.latency * 1e3:.4g} ms" if again.latency else again.status.value,
                            best.latency * 1e3)
         return self.db.best(self.workload.key, self.target.key), None
+
+    def _machine_changed(self, best: TrialRecord, ratio: float | None) -> bool:
+        """Whether the runner-up, re-measured now, is off by about the factor `ratio` the best was (see verify_best)."""
+        runner_up = next((r for r in self.db.top_k(self.workload.key, self.target.key, 2)[1:]
+                          if r.decisions and r.id is not None), None)
+        if runner_up is None or ratio is None:
+            return False
+        again, control = self._remeasure(runner_up)
+        assert runner_up.id is not None
+        self.db.commit_check(runner_up.id, again, control, False)
+        if control is None or _off(ratio / control):
+            return False
+        logger.warning("%s: the best and the runner-up re-measured %.2fx and %.2fx their recorded latencies: "
+                       "the machine's speed changed, not the kernel; the best stays", self.workload.name, ratio, control)
+        return True
 
     def _remeasure(self, record: TrialRecord) -> tuple[TrialRecord, float | None]:
         """The record's candidate built and timed again, and its new latency over the recorded one."""

@@ -177,8 +177,26 @@ def test_a_best_is_unstable_only_when_two_rechecks_disagree(db_path):
         best, again = task.verify_best()
         assert best.id == ids[0] and again == pytest.approx(1.1e-3)
         assert [c["flagged"] for c in db.checks(ids[0])] == [0, 0]
-        task.measurer = _Rechecks([5e-3, 4e-3, 2.1e-3])  # off twice: unstable, and the next best is checked
+        # off twice, while the runner-up (the control) re-measures as recorded: unstable, and the next best is checked
+        task.measurer = _Rechecks([5e-3, 4e-3, 2.1e-3, 2.1e-3])
         best, again = task.verify_best()
         assert best.id == ids[1] and again == pytest.approx(2.1e-3)
         assert [c["flagged"] for c in db.checks(ids[0])] == [0, 0, 0, 1]
         assert db.best(work.key, hw.key).id == ids[1]
+
+
+def test_a_best_and_its_runner_up_both_slower_mean_the_machine_slowed_not_an_unstable_kernel(db_path):
+    work = ops.make("matmul", "16,16,16")
+    hw = resolve_target("llvm")
+    with Database(db_path) as db, TaskTuner(work, hw, db, load_space_config("cpu"), strategy="random") as task:
+        space = SearchSpace(work)
+        fast, slower = [space.sample(random.Random(i)) for i in (1, 2)]
+        ids = [db.commit_trial(TrialRecord(work.key, hw.key, c.key, c.decisions, Status.OK, latencies=(lat,) * 3))
+               for c, lat in ((fast, 1e-3), (slower, 2e-3))]
+        task.measurer.close()
+        task.measurer = _Rechecks([1.8e-3, 1.9e-3, 3.7e-3])  # best 1.8x and 1.9x, runner-up 1.85x its record
+        best, again = task.verify_best()
+        assert best.id == ids[0] and again == pytest.approx(1.9e-3)
+        assert [c["flagged"] for c in db.checks(ids[0])] == [0, 0]
+        assert [c["flagged"] for c in db.checks(ids[1])] == [0]  # the control is stored too
+        assert db.best(work.key, hw.key).id == ids[0]
