@@ -12,10 +12,13 @@ Run from the checkout root (each real workload takes minutes per tuner and budge
 For every workload and budget N, in this process: autotune (`autotune.tune(..., trials=N,
 strategy=S)`, a fresh temporary database per workload, budget and strategy), then MetaSchedule
 (`tune_tir`, same tvm Target, `max_trials_global=N`, `num_trials_per_iter=min(64, N)`, its logs in
-a temporary work dir). Each best schedule (`apply_best`, `compile_tir`) is rebuilt here, checked
-against TVM's untuned build on `workload.random_inputs(0)` and re-timed as autotune's runner
-times (`time_evaluator`, number=1, repeat=5, min_repeat_ms=30, median) at each of 8 random
-placements of its arrays in memory, the same for every tool; the median over placements counts.
+a temporary work dir). Once every tool has tuned a workload, their best schedules (`apply_best`,
+`compile_tir`) are rebuilt here, checked against TVM's untuned build on `workload.random_inputs(0)`
+and re-timed together as autotune's runner times (`time_evaluator`, number=1, repeat=5,
+min_repeat_ms=30, median) at each of 8 random placements of their arrays in memory, the same for
+every tool, every tool in turn at each placement (these VMs change speed within seconds: the
+kernels must see the same moments); the median over placements counts. The FMA peak
+(bench/peak_flops.py) measured right after says how fast the machine was then.
 PyTorch eager runs after all tuning (median of single calls, at the same placements of its
 inputs, checked the same way).
 TVM_NUM_THREADS and torch's threads are set to the cores this process may use (TVM's default on
@@ -41,6 +44,7 @@ Columns, per workload and budget ("ms" = median milliseconds, GFLOPS from the wo
                         given, else the last strategy listed) to MetaSchedule
   autotune/torch        the same against PyTorch eager
   tune s autotune/MS    tuning wall time of autotune over MetaSchedule's (< 1: autotune tunes faster)
+  FMA peak GFLOPS       the machine's float32 FMA peak on every core, measured after the re-timing
 "geomean" rows give each ratio's geometric mean over the workloads of one budget.
 """
 
@@ -81,6 +85,7 @@ from autotune.tuner import STRATEGIES
 from autotune.worker import placed_copies
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peak_flops import peak_gflops
 from tune_suite import cpu_secs, median_secs, torch, torch_kernel
 
 # name -> (operator, shape in ops' order (`autotune ops`), quick shape, options)
@@ -130,6 +135,7 @@ class Outcome:
     recorded: float | None = None  # the tuner's own best latency
     wall: float | None = None  # tuning wall seconds
     error: str | None = None
+    mod: tvm.IRModule | None = None  # the best schedule, until every tool's is re-timed (retime_together)
 
 
 @dataclass
@@ -164,22 +170,47 @@ def time_placements(mod: tvm.IRModule, hw: autotune.HardwareTarget, ref: Referen
     """Median seconds of `mod` (5 repeats of at least 30 ms) at each of `placements` random 64-byte-aligned
     placements of its arrays (`autotune.worker.placed_copies`, as autotune's runner places each repeat); the
     same placements for every kernel of a seed. Raises if an output is wrong at any placement."""
-    lib = tvm.compile(mod, target=hw.target)
-    evaluator = lib.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=5, min_repeat_ms=30)
+    return time_interleaved({"kernel": mod}, hw, ref, placements, seed)["kernel"]
+
+
+def time_interleaved(mods: dict[str, tvm.IRModule], hw: autotune.HardwareTarget, ref: Reference, placements: int,
+                     seed: int = 0) -> dict[str, list[float]]:
+    """`time_placements` for several kernels at once: at each placement every kernel is timed in turn (the
+    order rotating), so that all of them see the same moments of the machine. Why: on these shared VMs
+    the machine's speed changes for seconds to minutes (bench/peak_flops.py: the two-core FMA peak
+    alternates between about 200 and 100 GFLOPS), so kernels re-timed one after another minutes apart
+    compare the machine's moods, not the kernels."""
+    evaluators = {name: tvm.compile(mod, target=hw.target).mod.time_evaluator(
+        "main", tvm.cpu(), number=1, repeat=5, min_repeat_ms=30) for name, mod in mods.items()}
     rng = np.random.default_rng(seed)
-    secs = []
-    for _ in range(placements):
+    secs: dict[str, list[float]] = {name: [] for name in mods}
+    for p in range(placements):
         views = placed_copies([np.zeros_like(a) if i in ref.outputs else a for i, a in enumerate(ref.arrays)], rng)
-        secs.append(statistics.median(evaluator(*[tvm.runtime.from_dlpack(v) for v in views]).results))
-        for i, want in zip(ref.outputs, ref.want):
-            if not close(views[i], want):
-                raise ValueError(f"wrong result: output {i} differs by up to {np.max(np.abs(views[i] - want)):.3g}")
+        names = list(evaluators)
+        for name in names[p % len(names):] + names[:p % len(names)]:
+            for i in ref.outputs:
+                views[i][...] = 0
+            secs[name].append(statistics.median(evaluators[name](*[tvm.runtime.from_dlpack(v) for v in views]).results))
+            for i, want in zip(ref.outputs, ref.want):
+                if not close(views[i], want):
+                    raise ValueError(f"{name}: wrong result: output {i} differs by up to "
+                                     f"{np.max(np.abs(views[i] - want)):.3g}")
     return secs
 
 
-def retime(mod: tvm.IRModule, hw: autotune.HardwareTarget, ref: Reference) -> float:
-    """Seconds of `mod`: the median over RETIME_PLACEMENTS placements of its arrays (see time_placements)."""
-    return statistics.median(time_placements(mod, hw, ref, RETIME_PLACEMENTS))
+def retime_together(outcomes: dict[str, Outcome], hw: autotune.HardwareTarget, ref: Reference) -> None:
+    """Set each tuned outcome's `secs`: the median over RETIME_PLACEMENTS placements, all tools interleaved."""
+    tuned = {tool: x.mod for tool, x in outcomes.items() if x.mod is not None and not x.error}
+    try:
+        secs = time_interleaved(tuned, hw, ref, RETIME_PLACEMENTS)
+    except Exception as exc:  # a wrong kernel: time the others without it, and say whose it was
+        tool = next((t for t in tuned if str(exc).startswith(f"{t}:")), None)
+        if tool is None:
+            raise
+        outcomes[tool].error, outcomes[tool].mod = one_line(exc), None
+        return retime_together(outcomes, hw, ref)
+    for tool, values in secs.items():
+        outcomes[tool].secs, outcomes[tool].mod = statistics.median(values), None
 
 
 def run_autotune(workload: autotune.Workload, hw: Any, trials: int, tool: str, tmp: str,
@@ -194,10 +225,9 @@ def run_autotune(workload: autotune.Workload, hw: Any, trials: int, tool: str, t
         strategy = "model" if tool == TRANSFER else tool
         result = autotune.tune(workload, target=hw, trials=trials, database=db, strategy=strategy)
         out.wall, out.recorded = time.perf_counter() - start, result.best_latency
-        mod = autotune.apply_best(workload, target=hw, database=db)
-        if mod is None:
+        out.mod = autotune.apply_best(workload, target=hw, database=db)
+        if out.mod is None:
             raise RuntimeError(f"no correct candidate ({result.counts()})")
-        out.secs = retime(mod, hw, ref)
     except Exception as exc:  # a failure is a table cell, and the run goes on
         out.error = one_line(exc)
     return out
@@ -274,7 +304,7 @@ def run_metaschedule(workload: autotune.Workload, hw: Any, trials: int, tmp: str
         sch = ms.tir_integration.compile_tir(database, workload.mod, hw.target)
         if sch is None:
             raise RuntimeError("no valid schedule in its database")
-        out.secs = retime(sch.mod, hw, ref)
+        out.mod = sch.mod
     except Exception as exc:
         out.error = one_line(exc)
     return out
@@ -322,7 +352,7 @@ def table(rows: list[dict[str, Any]], ours: list[str]) -> str:
         head += [f"{tool} GFLOPS", f"{tool} ms", f"{tool} rec. ms", f"{tool} tune s"]
     versus_random = [f"{tool}/random" for tool in ("model", TRANSFER) if tool in ours and "random" in ours]
     ratios = versus_random + ["autotune/MS", "autotune/torch", "tune s autotune/MS"]
-    head += ["torch GFLOPS", "torch ms", *ratios]
+    head += ["torch GFLOPS", "torch ms", *ratios, "FMA peak GFLOPS"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     ms_ = lambda s: f"{s * 1e3:.4g}" if s else "n/a"
     by_budget: dict[int, dict[str, list[float]]] = {}
@@ -347,12 +377,13 @@ def table(rows: list[dict[str, Any]], ours: list[str]) -> str:
             cells.append(f"{value:.2f}" if value else "n/a")
             if value:
                 by_budget.setdefault(row["trials"], {}).setdefault(name, []).append(value)
+        cells.append(f"{row['peak']:.0f}" if row.get("peak") else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
     for trials, values in sorted(by_budget.items()):
         means = [geomean(values.get(name, [])) for name in ratios]
         count = sum(r["trials"] == trials for r in rows)
         cells = [f"**geomean** ({count} workloads)", str(trials)]
-        cells += [""] * (len(head) - len(ratios) - 2) + [f"**{m:.2f}**" if m else "n/a" for m in means]
+        cells += [""] * (len(head) - len(ratios) - 3) + [f"**{m:.2f}**" if m else "n/a" for m in means] + [""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -450,9 +481,14 @@ def main(argv: list[str] | None = None) -> int:
                         outcomes[tool] = run_autotune(workload, hw, trials, tool, tmp, ref, corpus)
                     x = outcomes[tool]
                     log(f"  failed: {x.error}" if x.error else
-                        f"  {x.wall:.1f} s ({x.wall / trials:.2f} s/trial), best {x.secs * 1e3:.4g} ms re-timed")
+                        f"  {x.wall:.1f} s ({x.wall / trials:.2f} s/trial), best {x.recorded * 1e3:.4g} ms recorded"
+                        if x.recorded else f"  {x.wall:.1f} s ({x.wall / trials:.2f} s/trial)")
+                retime_together(outcomes, hw, ref)
+                peak = peak_gflops(hw)
+                log("  re-timed, interleaved: " + ", ".join(f"{t} {x.secs * 1e3:.4g} ms" for t, x in outcomes.items()
+                                                            if x.secs) + f"; FMA peak then {peak or 0:.0f} GFLOPS")
                 rows.append({"name": name, "op": op, "workload": workload, "ref": ref, "trials": trials,
-                             "outcomes": outcomes})
+                             "outcomes": outcomes, "peak": peak})
     torch_secs: dict[str, Outcome] = {}  # after all tuning: torch's thread pool never competes with a measurement
     for row in rows:
         if row["name"] not in torch_secs:
