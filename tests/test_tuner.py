@@ -1,5 +1,6 @@
 """End to end: tune small workloads for a few trials, check the result numerically, reuse the cache."""
 
+import contextlib
 import dataclasses
 import random
 
@@ -164,7 +165,9 @@ class _Rechecks:
         pass
 
 
-def test_a_best_is_unstable_only_when_two_rechecks_disagree(db_path):
+@contextlib.contextmanager
+def _task_with_two_records(db_path):
+    """A TaskTuner of a small matmul whose database holds two records (1 ms, then 2 ms); yields (task, db, ids)."""
     work = ops.make("matmul", "16,16,16")
     hw = resolve_target("llvm")
     with Database(db_path) as db, TaskTuner(work, hw, db, load_space_config("cpu"), strategy="random") as task:
@@ -173,6 +176,12 @@ def test_a_best_is_unstable_only_when_two_rechecks_disagree(db_path):
         ids = [db.commit_trial(TrialRecord(work.key, hw.key, c.key, c.decisions, Status.OK, latencies=(lat,) * 3))
                for c, lat in ((fast, 1e-3), (slower, 2e-3))]
         task.measurer.close()
+        yield task, db, ids
+
+
+def test_a_best_is_unstable_only_when_two_rechecks_disagree(db_path):
+    with _task_with_two_records(db_path) as (task, db, ids):
+        work, hw = task.workload, task.target
         task.measurer = _Rechecks([5e-3, 1.1e-3])  # disturbed once, then it agrees: still the best
         best, again = task.verify_best()
         assert best.id == ids[0] and again == pytest.approx(1.1e-3)
@@ -186,14 +195,8 @@ def test_a_best_is_unstable_only_when_two_rechecks_disagree(db_path):
 
 
 def test_a_best_and_its_runner_up_both_slower_mean_the_machine_slowed_not_an_unstable_kernel(db_path):
-    work = ops.make("matmul", "16,16,16")
-    hw = resolve_target("llvm")
-    with Database(db_path) as db, TaskTuner(work, hw, db, load_space_config("cpu"), strategy="random") as task:
-        space = SearchSpace(work)
-        fast, slower = [space.sample(random.Random(i)) for i in (1, 2)]
-        ids = [db.commit_trial(TrialRecord(work.key, hw.key, c.key, c.decisions, Status.OK, latencies=(lat,) * 3))
-               for c, lat in ((fast, 1e-3), (slower, 2e-3))]
-        task.measurer.close()
+    with _task_with_two_records(db_path) as (task, db, ids):
+        work, hw = task.workload, task.target
         task.measurer = _Rechecks([1.8e-3, 1.9e-3, 3.7e-3])  # best 1.8x and 1.9x, runner-up 1.85x its record
         best, again = task.verify_best()
         assert best.id == ids[0] and again == pytest.approx(1.9e-3)
