@@ -223,7 +223,7 @@ class TaskTuner:
             if _off(ratio):
                 self.db.commit_check(best.id, again, ratio, False)
                 again, ratio = self._remeasure(best)
-            flagged = _off(ratio) and not self._machine_changed(best, ratio)
+            flagged = _off(ratio) and not self._machine_changed(ratio)
             self.db.commit_check(best.id, again, ratio, flagged)
             if not flagged:
                 return best, again.latency
@@ -232,14 +232,13 @@ class TaskTuner:
                            best.latency * 1e3)
         return self.db.best(self.workload.key, self.target.key), None
 
-    def _machine_changed(self, best: TrialRecord, ratio: float | None) -> bool:
+    def _machine_changed(self, ratio: float | None) -> bool:
         """Whether the runner-up, re-measured now, is off by about the factor `ratio` the best was (see verify_best)."""
-        runner_up = next((r for r in self.db.top_k(self.workload.key, self.target.key, 2)[1:]
-                          if r.decisions and r.id is not None), None)
-        if runner_up is None or ratio is None:
+        top = self.db.top_k(self.workload.key, self.target.key, 2)
+        runner_up = top[1] if len(top) > 1 else None
+        if ratio is None or runner_up is None or not runner_up.decisions or runner_up.id is None:
             return False
         again, control = self._remeasure(runner_up)
-        assert runner_up.id is not None
         self.db.commit_check(runner_up.id, again, control, False)
         if control is None or _off(ratio / control):
             return False
