@@ -199,7 +199,9 @@ def test_candidate_on_a_lost_device_is_retried_on_another(fleet, tmp_path):
     space = SearchSpace(autotune.as_workload(te_matmul()), load_space_config("cpu"))
     rng = random.Random(3)
     candidates = [space.sample(rng) for _ in range(2)]
-    options = MeasureOptions(repeat=2, min_repeat_ms=1200, rpc=rpc)  # each run holds its device for >= 2.4 s
+    # Each run holds its device for >= 5 s: the doomed device must still be running its candidate when it is
+    # killed, once both are busy, however far apart the two builds finished (1.2 s a repeat lost that race once).
+    options = MeasureOptions(repeat=2, min_repeat_ms=2500, rpc=rpc)
     with WorkerPool(target, options) as pool, Measurer(space, target, pool=pool) as measurer:
         measurer.prepare()
         records: list = []
