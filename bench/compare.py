@@ -180,8 +180,13 @@ def time_interleaved(mods: dict[str, tvm.IRModule], hw: autotune.HardwareTarget,
     the machine's speed changes for seconds to minutes (bench/peak_flops.py: the two-core FMA peak
     alternates between about 200 and 100 GFLOPS), so kernels re-timed one after another minutes apart
     compare the machine's moods, not the kernels."""
-    evaluators = {name: tvm.compile(mod, target=hw.target).mod.time_evaluator(
-        "main", tvm.cpu(), number=1, repeat=5, min_repeat_ms=30) for name, mod in mods.items()}
+    evaluators = {}
+    for name, mod in mods.items():
+        try:
+            lib = tvm.compile(mod, target=hw.target)
+        except Exception as exc:  # named, so that retime_together can set that tool aside
+            raise ValueError(f"{name}: does not build here: {one_line(exc)}") from exc
+        evaluators[name] = lib.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=5, min_repeat_ms=30)
     rng = np.random.default_rng(seed)
     secs: dict[str, list[float]] = {name: [] for name in mods}
     for p in range(placements):
@@ -201,6 +206,8 @@ def time_interleaved(mods: dict[str, tvm.IRModule], hw: autotune.HardwareTarget,
 def retime_together(outcomes: dict[str, Outcome], hw: autotune.HardwareTarget, ref: Reference) -> None:
     """Set each tuned outcome's `secs`: the median over RETIME_PLACEMENTS placements, all tools interleaved."""
     tuned = {tool: x.mod for tool, x in outcomes.items() if x.mod is not None and not x.error}
+    if not tuned:  # every tool failed: nothing to time
+        return
     try:
         secs = time_interleaved(tuned, hw, ref, RETIME_PLACEMENTS)
     except Exception as exc:  # a wrong kernel: time the others without it, and say whose it was
