@@ -13,7 +13,7 @@ import pytest
 import tvm
 from tvm import te
 
-from autotune import ops
+from autotune import ops, search_space
 from autotune.errors import SearchSpaceError
 from autotune.search_space import Candidate, SearchSpace, apply_candidate, rfactor_choices, trace_json
 from autotune.space_config import load_space_config, search_spaces_dir
@@ -442,6 +442,32 @@ def test_apply_is_deterministic_and_candidates_round_trip():
     assert apply_candidate(space, candidate).mod.script() == apply_candidate(space, again).mod.script()
     trace = trace_json(apply_candidate(space, candidate))
     assert json.loads(json.dumps(trace)) == trace and "Split" in json.dumps(trace)
+
+
+class _CheckedPrimitives:
+    """The schedule's own (type-checked) methods: what apply_candidate called before UncheckedPrimitives."""
+
+    def __init__(self, schedule):
+        self.schedule = schedule
+
+    def __getattr__(self, name):
+        return getattr(self.schedule, name)
+
+
+@pytest.mark.parametrize("op,shape,options", [CASES[0], CASES[3], CASES[5], CASES[10]], ids=lambda v: str(v))
+def test_unchecked_primitives_give_the_schedules_and_rejections_of_the_checked_ones(op, shape, options, monkeypatch):
+    space = SearchSpace(ops.make(op, shape, **options))
+    rng = random.Random(5)
+    drawn = [Candidate(space._draw(rng)) for _ in range(24)]  # raw draws: some are rejected by TVM
+    unchecked = [space.try_apply(c) for c in drawn]
+    monkeypatch.setattr(search_space, "UncheckedPrimitives", _CheckedPrimitives)
+    checked = [space.try_apply(c) for c in drawn]
+    assert [s is None for s in unchecked] == [s is None for s in checked]
+    assert any(s is not None for s in checked)
+    for a, b in zip(unchecked, checked):
+        if a is not None:
+            tvm.ir.assert_structural_equal(a.mod, b.mod)
+            assert json.dumps(trace_json(a)) == json.dumps(trace_json(b))
 
 
 def test_default_candidate_is_the_untuned_function():
