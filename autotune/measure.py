@@ -54,7 +54,10 @@ class MeasureOptions:
     min_build_timeout: float = 2.0
     run_timeout: float = 30.0
     repeat: int = 5  # timed repeats, each at another placement of the arrays (worker.placed_copies); the median is the latency
-    min_repeat_ms: int = 30  # each repeat loops the kernel for at least this long
+    # Each repeat loops the kernel for at least this long. 10 ms, not more: the 5-repeat medians of a
+    # 2.6 ms matmul spread the same (CV 0.02-0.03) at 5, 10, 15 and 30 ms per repeat, interleaved; what
+    # varies on these VMs is the machine from one second to the next, which longer repeats do not average.
+    min_repeat_ms: int = 10
     slow_secs: float = 0.2  # kernels slower than this get fewer repeats
     # While tuning, a candidate whose first timed repeat is this many times the best latency so far
     # stops there (one repeat instead of `repeat`): it cannot become the best, and its one repeat of
