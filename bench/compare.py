@@ -19,7 +19,7 @@ min_repeat_ms=30, median) at each of 8 random placements of their arrays in memo
 every tool, every tool in turn at each placement (these VMs change speed within seconds: the
 kernels must see the same moments); the median over placements counts. The FMA peak
 (bench/peak_flops.py) measured right after says how fast the machine was then.
-PyTorch eager runs after all tuning (median of single calls, at the same placements of its
+PyTorch eager is timed in the same rotation (median of single calls at each placement of its
 inputs, checked the same way).
 TVM_NUM_THREADS and torch's threads are set to the cores this process may use (TVM's default on
 x86 is half of them).
@@ -165,58 +165,98 @@ def reference(workload: autotune.Workload, hw: autotune.HardwareTarget) -> Refer
     return Reference(arrays, outputs, [tensors[i].numpy() for i in outputs])
 
 
+# Seconds of one kernel on placed copies of the reference's arrays (outputs zeroed); raises ValueError,
+# its message starting with the tool's name, when the kernel's outputs are wrong.
+Timer = Callable[[list[np.ndarray]], float]
+
+
 def time_placements(mod: tvm.IRModule, hw: autotune.HardwareTarget, ref: Reference, placements: int,
                     seed: int = 0) -> list[float]:
     """Median seconds of `mod` (5 repeats of at least 30 ms) at each of `placements` random 64-byte-aligned
     placements of its arrays (`autotune.worker.placed_copies`, as autotune's runner places each repeat); the
     same placements for every kernel of a seed. Raises if an output is wrong at any placement."""
-    return time_interleaved({"kernel": mod}, hw, ref, placements, seed)["kernel"]
+    return time_interleaved({"kernel": tvm_timer("kernel", mod, hw, ref)}, ref, placements, seed)["kernel"]
 
 
-def time_interleaved(mods: dict[str, tvm.IRModule], hw: autotune.HardwareTarget, ref: Reference, placements: int,
-                     seed: int = 0) -> dict[str, list[float]]:
-    """`time_placements` for several kernels at once: at each placement every kernel is timed in turn (the
-    order rotating), so that all of them see the same moments of the machine. Why: on these shared VMs
-    the machine's speed changes for seconds to minutes (bench/peak_flops.py: the two-core FMA peak
-    alternates between about 200 and 100 GFLOPS), so kernels re-timed one after another minutes apart
-    compare the machine's moods, not the kernels."""
-    evaluators = {}
-    for name, mod in mods.items():
-        try:
-            lib = tvm.compile(mod, target=hw.target)
-        except Exception as exc:  # named, so that retime_together can set that tool aside
-            raise ValueError(f"{name}: does not build here: {one_line(exc)}") from exc
-        evaluators[name] = lib.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=5, min_repeat_ms=30)
+def tvm_timer(name: str, mod: tvm.IRModule, hw: autotune.HardwareTarget, ref: Reference) -> Timer:
+    """`mod` built here, timed as autotune's runner times a repeat (time_evaluator, 5 x >= 30 ms, median)."""
+    try:
+        lib = tvm.compile(mod, target=hw.target)
+    except Exception as exc:  # named, so that retime_together can set that tool aside
+        raise ValueError(f"{name}: does not build here: {one_line(exc)}") from exc
+    evaluator = lib.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=5, min_repeat_ms=30)
+
+    def timed(views: list[np.ndarray]) -> float:
+        for i in ref.outputs:
+            views[i][...] = 0
+        secs = statistics.median(evaluator(*[tvm.runtime.from_dlpack(v) for v in views]).results)
+        for i, want in zip(ref.outputs, ref.want):
+            if not close(views[i], want):
+                raise ValueError(f"{name}: wrong result: output {i} differs by up to "
+                                 f"{np.max(np.abs(views[i] - want)):.3g}")
+        return secs
+    return timed
+
+
+def torch_timer(op: str, ref: Reference) -> Timer | str:
+    """PyTorch eager on the placed inputs (median of single calls; it allocates its output itself), checked
+    against the untuned build; or why there is none."""
+    if torch is None:
+        return "torch not installed"
+    if torch_fn(op, [a for i, a in enumerate(ref.arrays) if i not in ref.outputs]) is None:
+        return f"no torch equivalent of {op}"
+
+    def timed(views: list[np.ndarray]) -> float:
+        fn = torch_fn(op, [v for i, v in enumerate(views) if i not in ref.outputs])
+        with torch.inference_mode():
+            got = np.asarray(fn())
+            if got.shape != ref.want[0].shape or not close(got, ref.want[0]):
+                raise ValueError("torch: output differs from TVM's untuned build")
+            return median_secs(fn)
+    return timed
+
+
+def torch_fn(op: str, inputs: list[np.ndarray]) -> Callable[[], Any] | None:
+    """A no-argument call of PyTorch eager computing `op` on `inputs` (views of them), or None."""
+    return torch_kernel(op, inputs) or depthwise_or_bmm(op, [torch.from_numpy(a) for a in inputs])
+
+
+def time_interleaved(timers: dict[str, Timer], ref: Reference, placements: int, seed: int = 0) -> dict[str, list[float]]:
+    """Each timer's seconds at each of `placements` placements: at each placement every kernel is timed in
+    turn (the order rotating), so that all of them see the same moments of the machine. Why: on these
+    shared VMs the machine's speed changes from one second to the next (bench/peak_flops.py, and
+    RESULTS' "Why recorded latencies are lower than re-timed ones"), so kernels timed one after
+    another minutes apart compare the machine's moods, not the kernels."""
     rng = np.random.default_rng(seed)
-    secs: dict[str, list[float]] = {name: [] for name in mods}
+    secs: dict[str, list[float]] = {name: [] for name in timers}
+    names = list(timers)
     for p in range(placements):
         views = placed_copies([np.zeros_like(a) if i in ref.outputs else a for i, a in enumerate(ref.arrays)], rng)
-        names = list(evaluators)
         for name in names[p % len(names):] + names[:p % len(names)]:
-            for i in ref.outputs:
-                views[i][...] = 0
-            secs[name].append(statistics.median(evaluators[name](*[tvm.runtime.from_dlpack(v) for v in views]).results))
-            for i, want in zip(ref.outputs, ref.want):
-                if not close(views[i], want):
-                    raise ValueError(f"{name}: wrong result: output {i} differs by up to "
-                                     f"{np.max(np.abs(views[i] - want)):.3g}")
+            secs[name].append(timers[name](views))
     return secs
 
 
-def retime_together(outcomes: dict[str, Outcome], hw: autotune.HardwareTarget, ref: Reference) -> None:
-    """Set each tuned outcome's `secs`: the median over RETIME_PLACEMENTS placements, all tools interleaved."""
-    tuned = {tool: x.mod for tool, x in outcomes.items() if x.mod is not None and not x.error}
-    if not tuned:  # every tool failed: nothing to time
-        return
+def retime_together(outcomes: dict[str, Outcome], hw: autotune.HardwareTarget, ref: Reference, op: str) -> None:
+    """Set each tuned outcome's `secs`, and PyTorch's as outcome "torch": the median over RETIME_PLACEMENTS
+    placements, all of them interleaved."""
     try:
-        secs = time_interleaved(tuned, hw, ref, RETIME_PLACEMENTS)
-    except Exception as exc:  # a wrong kernel: time the others without it, and say whose it was
-        tool = next((t for t in tuned if str(exc).startswith(f"{t}:")), None)
+        timers = {tool: tvm_timer(tool, x.mod, hw, ref) for tool, x in outcomes.items() if x.mod is not None}
+        torch_or_why = torch_timer(op, ref) if "torch" not in outcomes else "set aside"
+        if isinstance(torch_or_why, str):
+            outcomes.setdefault("torch", Outcome(error=torch_or_why))
+        else:
+            timers["torch"] = torch_or_why
+        secs = time_interleaved(timers, ref, RETIME_PLACEMENTS) if timers else {}
+    except ValueError as exc:  # a kernel that does not build or is wrong: time the others without it
+        tool = next((t for t in [*outcomes, "torch"] if str(exc).startswith(f"{t}:")), None)
         if tool is None:
             raise
+        outcomes[tool] = outcomes.get(tool) or Outcome()
         outcomes[tool].error, outcomes[tool].mod = one_line(exc), None
-        return retime_together(outcomes, hw, ref)
+        return retime_together(outcomes, hw, ref, op)
     for tool, values in secs.items():
+        outcomes.setdefault(tool, Outcome())
         outcomes[tool].secs, outcomes[tool].mod = statistics.median(values), None
 
 
@@ -325,26 +365,6 @@ def depthwise_or_bmm(op: str, t: list[Any]) -> Any:
         pad = ((t[1].shape[2] - 1) // 2, (t[1].shape[3] - 1) // 2)
         return lambda: torch.nn.functional.conv2d(t[0], t[1], stride=1, padding=pad, groups=t[0].shape[1])
     return None
-
-
-def run_torch(op: str, workload: autotune.Workload, ref: Reference) -> Outcome:
-    """PyTorch eager, checked against the untuned build, timed at the placements retime uses (its inputs;
-    PyTorch allocates its outputs itself)."""
-    if torch is None:
-        return Outcome(error="torch not installed")
-    inputs = [a for i, a in enumerate(ref.arrays) if i not in ref.outputs]
-    rng, secs = np.random.default_rng(0), []
-    for _ in range(RETIME_PLACEMENTS):
-        placed = placed_copies(inputs, rng)
-        fn = torch_kernel(op, placed) or depthwise_or_bmm(op, [torch.from_numpy(a) for a in placed])
-        if fn is None:
-            return Outcome(error=f"no torch equivalent of {op}")
-        with torch.inference_mode():
-            got = np.asarray(fn())
-            if got.shape != ref.want[0].shape or not close(got, ref.want[0]):
-                return Outcome(error="output differs from TVM's untuned build")
-            secs.append(median_secs(fn))
-    return Outcome(secs=statistics.median(secs))
 
 
 def geomean(values: list[float]) -> float | None:
@@ -490,17 +510,12 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"  failed: {x.error}" if x.error else
                         f"  {x.wall:.1f} s ({x.wall / trials:.2f} s/trial), best {x.recorded * 1e3:.4g} ms recorded"
                         if x.recorded else f"  {x.wall:.1f} s ({x.wall / trials:.2f} s/trial)")
-                retime_together(outcomes, hw, ref)
+                retime_together(outcomes, hw, ref, op)
                 peak = peak_gflops(hw)
                 log("  re-timed, interleaved: " + ", ".join(f"{t} {x.secs * 1e3:.4g} ms" for t, x in outcomes.items()
                                                             if x.secs) + f"; FMA peak then {peak or 0:.0f} GFLOPS")
                 rows.append({"name": name, "op": op, "workload": workload, "ref": ref, "trials": trials,
                              "outcomes": outcomes, "peak": peak})
-    torch_secs: dict[str, Outcome] = {}  # after all tuning: torch's thread pool never competes with a measurement
-    for row in rows:
-        if row["name"] not in torch_secs:
-            torch_secs[row["name"]] = run_torch(row["op"], row["workload"], row["ref"])
-        row["outcomes"]["torch"] = torch_secs[row["name"]]
     busy1, own1 = cpu_secs()
     total = time.perf_counter() - start
     text = header(hw, ours, argv, total, max(0.0, (busy1 - busy0) - (own1 - own0)), notes) + "\n\n"
