@@ -458,7 +458,7 @@ class _CheckedPrimitives:
 def test_unchecked_primitives_give_the_schedules_and_rejections_of_the_checked_ones(op, shape, options, monkeypatch):
     space = SearchSpace(ops.make(op, shape, **options))
     rng = random.Random(5)
-    drawn = [Candidate(space._draw(rng)) for _ in range(24)]  # raw draws: some are rejected by TVM
+    drawn = [Candidate(space._draw(rng)) for _ in range(24)]  # raw draws, before sampling drops those TVM rejects
     unchecked = [space.try_apply(c) for c in drawn]
     monkeypatch.setattr(search_space, "UncheckedPrimitives", _CheckedPrimitives)
     checked = [space.try_apply(c) for c in drawn]
