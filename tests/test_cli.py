@@ -61,3 +61,14 @@ def test_tune_then_best(tmp_path, capsys):
 def test_console_script_runs_as_a_module(tmp_path):
     done = subprocess.run([sys.executable, "-m", "autotune.cli", "ops"], capture_output=True, text=True)
     assert done.returncode == 0 and "matmul" in done.stdout and "softmax" in done.stdout
+
+
+def test_demo_times_its_best_side_by_side_with_numpy(tmp_path, capsys):
+    assert cli.main(["demo", "--trials", "4", "--db", str(tmp_path / "t.db")]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0] + " " + line.split()[1]: line.split() for line in out.splitlines()
+            if line.startswith(("untuned TVM", "autotune best", "NumPy (BLAS)"))}
+    assert set(rows) == {"untuned TVM", "autotune best", "NumPy (BLAS)"}
+    assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows.values())
+    assert "timed in turn just now; recorded while tuning:" in out
+    assert "speed-up over untuned:" in out
