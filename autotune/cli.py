@@ -81,7 +81,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"autotune demo: tuning {workload.name} ({workload.flops / 1e6:.0f} MFLOP) for {args.trials} trials")
     result = _tune_with_bar(workload, args.target, args.trials, args.db, args.seed)
     untuned = _untuned_latency(result, args.db)
-    tuned, numpy_secs = _timed_with_numpy(result) if result.mod is not None else (None, _numpy_matmul_secs(workload))
+    tuned, numpy_secs = _timed_with_numpy(result) if result.mod is not None else (None, _numpy_matmul_secs(workload.random_inputs(0)))
     rows = [("untuned TVM", untuned), ("autotune best", tuned), ("NumPy (BLAS)", numpy_secs)]
     print(f"\n{'kernel':<16}{'latency (ms)':>14}{'GFLOPS':>10}")
     for label, secs in rows:
@@ -426,17 +426,19 @@ def _timed_with_numpy(result: TuneResult, rounds: int = 5) -> tuple[float, float
     # Before the first parallel kernel of this process starts TVM's thread pool: its default on x86 is half the cores.
     os.environ.setdefault("TVM_NUM_THREADS", str(result.target.num_cores))
     lib = tvm.compile(result.mod, target=result.target.target)
-    tensors = [tvm.runtime.tensor(a, tvm.cpu()) for a in result.workload.random_inputs(0)]
+    arrays = result.workload.random_inputs(0)
+    tensors = [tvm.runtime.tensor(a, tvm.cpu()) for a in arrays]
     evaluator = lib.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=5, min_repeat_ms=10)
     tuned, blas = [], []
     for _ in range(rounds):
         tuned.append(statistics.median(evaluator(*tensors).results))
-        blas.append(_numpy_matmul_secs(result.workload))
+        blas.append(_numpy_matmul_secs(arrays))
     return statistics.median(tuned), statistics.median(blas)
 
 
-def _numpy_matmul_secs(workload: Workload, repeat: int = 20) -> float:
-    a, b, _ = workload.random_inputs(0)
+def _numpy_matmul_secs(arrays: list[np.ndarray], repeat: int = 20) -> float:
+    """Median seconds of NumPy's `a @ b` on the matmul's arguments (a, b, c)."""
+    a, b, _ = arrays
     a @ b
     times = []
     for _ in range(repeat):

@@ -239,24 +239,30 @@ def time_interleaved(timers: dict[str, Timer], ref: Reference, placements: int, 
 
 def retime_together(outcomes: dict[str, Outcome], hw: autotune.HardwareTarget, ref: Reference, op: str) -> None:
     """Set each tuned outcome's `secs`, and PyTorch's as outcome "torch": the median over RETIME_PLACEMENTS
-    placements, all of them interleaved."""
-    try:
-        timers = {tool: tvm_timer(tool, x.mod, hw, ref) for tool, x in outcomes.items() if x.mod is not None}
-        torch_or_why = torch_timer(op, ref) if "torch" not in outcomes else "set aside"
-        if isinstance(torch_or_why, str):
-            outcomes.setdefault("torch", Outcome(error=torch_or_why))
-        else:
-            timers["torch"] = torch_or_why
-        secs = time_interleaved(timers, ref, RETIME_PLACEMENTS) if timers else {}
-    except ValueError as exc:  # a kernel that does not build or is wrong: time the others without it
-        tool = next((t for t in [*outcomes, "torch"] if str(exc).startswith(f"{t}:")), None)
-        if tool is None:
-            raise
-        outcomes[tool] = outcomes.get(tool) or Outcome()
-        outcomes[tool].error, outcomes[tool].mod = one_line(exc), None
-        return retime_together(outcomes, hw, ref, op)
+    placements, all of them interleaved. A kernel that does not build here, or computes a wrong result,
+    becomes its tool's error, and the others are timed without it."""
+    timers: dict[str, Timer] = {}
+    for tool, x in outcomes.items():
+        if x.mod is not None:
+            try:
+                timers[tool] = tvm_timer(tool, x.mod, hw, ref)
+            except ValueError as exc:
+                x.error, x.mod = one_line(exc), None
+    torch_or_why = torch_timer(op, ref)
+    outcomes["torch"] = Outcome(error=torch_or_why if isinstance(torch_or_why, str) else None)
+    if not isinstance(torch_or_why, str):
+        timers["torch"] = torch_or_why
+    secs: dict[str, list[float]] = {}
+    while timers and not secs:
+        try:
+            secs = time_interleaved(timers, ref, RETIME_PLACEMENTS)
+        except ValueError as exc:  # a wrong result: say whose, and start again without it
+            tool = next((t for t in timers if str(exc).startswith(f"{t}:")), None)
+            if tool is None:
+                raise
+            del timers[tool]
+            outcomes[tool].error, outcomes[tool].mod = one_line(exc), None
     for tool, values in secs.items():
-        outcomes.setdefault(tool, Outcome())
         outcomes[tool].secs, outcomes[tool].mod = statistics.median(values), None
 
 
