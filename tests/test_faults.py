@@ -153,7 +153,8 @@ def _check_database(db_path, before: set[str]) -> set[str]:
 
 
 def test_repeated_sigkill_loses_nothing_and_repeats_nothing(tmp_path):
-    assert kill_and_resume(tmp_path, kills=4, budget=24) == 4
+    # 40 trials: with 10 ms timing repeats, a session sometimes finished 24 before the 4th kill (3 == 4, once)
+    assert kill_and_resume(tmp_path, kills=4, budget=40) == 4
 
 
 @pytest.mark.soak
