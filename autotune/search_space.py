@@ -10,8 +10,9 @@ each a rule, with parameter domains from search_spaces/*.toml:
               a local accumulator and their elementwise epilogue fused at a searched level; the
               vectorized loop is a searched spatial axis (a conv's output channels as well as
               its width), and an operand that axis reads with a stride (a dense's weight rows,
-              a conv's weight) may be packed: copied, inside the tile loops, into a buffer whose
-              innermost axis is the vector (the NCHWc / GEMM-panel layouts of vendor libraries);
+              a conv's weight) or in panels a row apart per reduction step (a matmul's B[k, j])
+              may be packed: copied, inside the tile loops, into a buffer whose innermost axis
+              is the vector (the NCHWc / GEMM-panel layouts of vendor libraries);
 - compute_at: producers without reuse (softmax's max/sum) go inside their consumer's loops at a
               searched depth, or stay at the root;
 - loops:      other blocks get parallel outer loops and a vectorized inner loop.
@@ -82,6 +83,10 @@ class BlockRule:
     # tile: per spatial loop, the (read index, buffer axis) of each operand that vectorizing that
     # loop would read with a stride: the loop's iterator alone indexes an axis that is not the last
     strided_reads: tuple[tuple[tuple[int, int], ...], ...] = ()
+    # tile: per spatial loop, the (read index, last buffer axis) of each operand that loop's iterator
+    # alone indexes along its last axis while a reduction iterator indexes another (a matmul's
+    # B[k, j]): contiguous vectors, but a whole row apart at each reduction step (see `_panel_reads`)
+    panel_reads: tuple[tuple[tuple[int, int], ...], ...] = ()
     depths: tuple[int, ...] = ()  # compute_at: feasible depths in the consumer (0 = root)
     rfactor_depths: tuple[int, ...] = ()  # compute_at: the depths where the reduction can be rfactored
     # compute_at: the block whose loops it goes in; loops: the tiled block it feeds, inside whose tile
@@ -282,7 +287,7 @@ def _tile_rule(sch: s_tir.Schedule, name: str, epilogue: str | None) -> BlockRul
     stmt = sch.get(sch.get_sblock(name))
     return BlockRule(name, "tile", spatial, reduction, epilogue=epilogue, epilogue_inline=inline_ok,
                      accumulator_bits=int(stmt.writes[0].source.dtype.bits),
-                     strided_reads=_strided_reads(stmt, len(spatial)))
+                     strided_reads=_strided_reads(stmt, len(spatial)), panel_reads=_panel_reads(stmt, len(spatial)))
 
 
 def _strided_reads(stmt: Any, n_spatial: int) -> tuple[tuple[tuple[int, int], ...], ...]:
@@ -299,6 +304,30 @@ def _strided_reads(stmt: Any, n_spatial: int) -> tuple[tuple[tuple[int, int], ..
             axes = [a for a, r in enumerate(region.region) if any(v.same_as(iv.var) for v in undefined_vars(r.min))]
             if len(axes) == 1 and axes[0] < len(region.region) - 1 and region.region[axes[0]].min.same_as(iv.var):
                 reads.append((index, axes[0]))
+        out.append(tuple(reads))
+    return tuple(out)
+
+
+def _panel_reads(stmt: Any, n_spatial: int) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """For each spatial iterator, the reads it alone indexes along the buffer's last axis while a
+    reduction iterator indexes another axis (a matmul's B[k, j] for j, a batch matmul's B[b, k, j]).
+
+    Vectorized along that iterator, such a read is contiguous within a reduction step, but the
+    steps are a whole row apart: a tile's panel of B spans as many cache lines as it has rows,
+    and with power-of-two rows they fall in few cache sets. Packed as B[j // v, k, j % v] (see
+    `_pack_operands`) the panel is contiguous, as in the GEMM kernels of vendor libraries.
+    """
+    reduction_vars = [iv.var for iv in stmt.iter_vars[n_spatial:]]
+    out = []
+    for iv in stmt.iter_vars[:n_spatial]:
+        reads = []
+        for index, region in enumerate(stmt.reads):
+            used = [undefined_vars(r.min) for r in region.region]
+            axes = [a for a, vs in enumerate(used) if any(v.same_as(iv.var) for v in vs)]
+            last = len(region.region) - 1
+            along_reduction = any(v.same_as(r) for vs in used[:last] for v in vs for r in reduction_vars)
+            if axes == [last] and region.region[last].min.same_as(iv.var) and along_reduction:
+                reads.append((index, last))
         out.append(tuple(reads))
     return tuple(out)
 
@@ -423,7 +452,7 @@ def _draw_block(rule: BlockRule, config: SpaceConfig, rng: random.Random, jobs: 
             "write_level": rng.choice(config.write_levels),
             "accumulator": rng.choice(config.accumulator_scopes),
             "vector_axis": axis,
-            "pack": rng.choice(_pack_levels(rule, config, axis)),
+            "pack": _draw_pack(rule, config, axis, rng),
         }
     loops = _draw_loops(rule, config, rng, jobs)
     if rule.inlinable:
@@ -472,8 +501,8 @@ def _canonical_tile(rule: BlockRule, d: dict[str, Any], config: SpaceConfig) -> 
     Another axis accumulates in a local buffer whose innermost axis it is: accumulating in the
     output itself would scatter every vector (and such code takes LLVM minutes to compile), and
     its register tile is kept to config.max_transposed_register_tile elements.
-    Packing needs a strided operand and a vector of more than one lane; another axis than the
-    last always packs its strided operands (see `_pack_levels`).
+    Packing needs a strided or panel operand and a vector of more than one lane; another axis
+    than the last always packs its strided operands (see `_pack_levels`).
     """
     axis = vector_axis(d)
     if d["spatial"][axis][-1] == 1:
@@ -483,12 +512,29 @@ def _canonical_tile(rule: BlockRule, d: dict[str, Any], config: SpaceConfig) -> 
     else:
         d["accumulator"] = "local"
         _shrink_register_tile(d["spatial"], axis, config.max_transposed_register_tile)
-    if not (rule.strided_reads and rule.strided_reads[axis] and d["spatial"][axis][-1] > 1):
+    if not (_packed_reads(rule, axis) and d["spatial"][axis][-1] > 1):
         d.pop("pack", None)
     elif d.get("pack", 0) not in (levels := _pack_levels(rule, config, axis)):
         d["pack"] = min(levels)
     if d.get("pack") == 0:
         d.pop("pack")
+
+
+def _packed_reads(rule: BlockRule, axis: int) -> tuple[tuple[int, int], ...]:
+    """The operands a pack decision copies when `axis` is the vector loop: strided and panel reads."""
+    return (rule.strided_reads[axis] if rule.strided_reads else ()) + (rule.panel_reads[axis] if rule.panel_reads else ())
+
+
+def _draw_pack(rule: BlockRule, config: SpaceConfig, axis: int, rng: random.Random) -> int:
+    """A pack level for a tiled block vectorized along `axis`. Panels alone (contiguous vectors) are
+    packed with config.panel_pack_probability: in paired timings of random candidates, packing
+    sped up the bad ones (up to 2.9x) and slowed some good ones (its copy is redone for every tile
+    of the loops above it that do not index the panel), so most draws leave them unpacked."""
+    levels = _pack_levels(rule, config, axis)
+    if not (rule.strided_reads and rule.strided_reads[axis]) and rule.panel_reads and rule.panel_reads[axis]:
+        packed = [level for level in levels if level > 0]
+        return rng.choice(packed) if packed and rng.random() < config.panel_pack_probability else 0
+    return rng.choice(levels)
 
 
 def _pack_levels(rule: BlockRule, config: SpaceConfig, axis: int) -> tuple[int, ...]:
@@ -643,7 +689,7 @@ def _apply_tiling(sch: s_tir.Schedule, rule: BlockRule, d: dict[str, Any], confi
         _vectorize_innermost(sch, sch.get_sblock(producer), config)
     lanes = d["spatial"][axis][-1]
     if d.get("pack", 0) > 0:
-        _pack_operands(sch, block, rule.strided_reads[axis], lanes, ends[d["pack"] - 1])
+        _pack_operands(sch, block, _packed_reads(rule, axis), lanes, ends[d["pack"] - 1])
     anchor = anchors[d["write_level"]]
     writeback = None
     if d["accumulator"] == "local":
@@ -676,15 +722,17 @@ def _apply_tiling(sch: s_tir.Schedule, rule: BlockRule, d: dict[str, Any], confi
 
 
 def _pack_operands(sch: s_tir.Schedule, block: Any, reads: tuple[tuple[int, int], ...], lanes: int, loop: Any) -> None:
-    """Copy each strided operand, inside `loop`, into a buffer whose innermost axis is the vector
-    axis split by the vector width (W[n, k] -> W[n // v, k, n % v]): a panel of v rows becomes
-    contiguous, so the block's vector loads are too. TVM shrinks the copy to the region the
-    block reads under `loop` and allocates it there (per parallel iteration, when inside one).
+    """Copy each operand of `reads` (strided or panel reads, see `_packed_reads`), inside `loop`,
+    into a buffer whose innermost axis is the vector axis split by the vector width
+    (W[n, k] -> W[n // v, k, n % v], B[k, j] -> B[j // v, k, j % v]): a panel of v rows or columns
+    becomes contiguous, so the block's vector loads are too. TVM shrinks the copy to the region
+    the block reads under `loop` and allocates it there (per parallel iteration, when inside one).
 
-    The copy loops run in the packed order (written contiguously) and are not vectorized: their
-    reads are strided, so a vector would be a gather of scalars. Vectorized, 32- and 64-lane
-    copies under an unroll pragma took LLVM over 30 s to compile (a batch matmul: 33 s, against
-    0.1 s scalar), and the packed kernels ran no faster (measured within ±10% either way)."""
+    The copy loops run in the packed order (written contiguously). A panel's copy reads
+    contiguous vectors too and is vectorized. A strided operand's copy is not: its reads are
+    strided, so a vector would be a gather of scalars. Vectorized, such 32- and 64-lane copies
+    under an unroll pragma took LLVM over 30 s to compile (a batch matmul: 33 s, against 0.1 s
+    scalar), and those kernels ran no faster (measured within ±10% either way)."""
     for read_index, buffer_axis in reads:
         packed = sch.cache_read(block, read_index, "global")
         buffer = sch.get(packed).writes[0].source
@@ -694,6 +742,8 @@ def _pack_operands(sch: s_tir.Schedule, block: Any, reads: tuple[tuple[int, int]
         copy_loops = sch.get_loops(packed)[-ndim:]
         outer, inner = sch.split(copy_loops[buffer_axis], factors=[None, lanes])
         sch.reorder(outer, *[lp for i, lp in enumerate(copy_loops) if i != buffer_axis], inner)
+        if buffer_axis == ndim - 1:  # a panel: contiguous reads
+            sch.vectorize(inner)
 
 
 def _moved_last(ndim: int, axis: int, dtype: str, lanes: int = 0) -> tvm.tirx.IndexMap:

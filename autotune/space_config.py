@@ -30,6 +30,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, type | None]]] = {
         "max_transposed_register_tile": (int, None),
         "accumulator_register_share": (float, None),
         "pack_levels": (list, int),
+        "panel_pack_probability": (float, None),
     },
     "loops": {"vector_factors": (list, int), "reduction_vector_factors": (list, int)},
     "compute_location": {"enabled": (bool, None)},
@@ -52,6 +53,7 @@ class SpaceConfig:
     max_transposed_register_tile: int  # register tile elements when another axis than the last is vectorized
     accumulator_register_share: float  # draws keep a register tile's accumulators in this share of the SIMD registers
     pack_levels: tuple[int, ...]  # 0: no packing; L: strided operands packed after the L-th letter's loops
+    panel_pack_probability: float  # draws pack contiguous panels (a matmul's B[k, j]) this often
     loop_vector_factors: tuple[int, ...]
     reduction_vector_factors: tuple[int, ...]
     compute_location: bool
@@ -132,6 +134,7 @@ def _check_values(data: dict[str, Any], path: Path) -> None:
         "tiling.max_transposed_register_tile": tiling["max_transposed_register_tile"] < 1,
         "tiling.accumulator_register_share": not 0.0 <= tiling["accumulator_register_share"] <= 1.0,
         "tiling.pack_levels": not all(0 <= v < len(structure) for v in tiling["pack_levels"]),
+        "tiling.panel_pack_probability": not 0.0 <= tiling["panel_pack_probability"] <= 1.0,
         "loops.vector_factors": min(data["loops"]["vector_factors"]) < 1,
         "loops.reduction_vector_factors": min(data["loops"]["reduction_vector_factors"]) < 1,
         "unroll.max_steps": min(data["unroll"]["max_steps"]) < 0,
@@ -156,6 +159,7 @@ def _to_config(data: dict[str, Any], path: Path) -> SpaceConfig:
         max_transposed_register_tile=tiling["max_transposed_register_tile"],
         accumulator_register_share=float(tiling["accumulator_register_share"]),
         pack_levels=tuple(tiling["pack_levels"]),
+        panel_pack_probability=float(tiling["panel_pack_probability"]),
         loop_vector_factors=tuple(data["loops"]["vector_factors"]),
         reduction_vector_factors=tuple(data["loops"]["reduction_vector_factors"]),
         compute_location=data["compute_location"]["enabled"],

@@ -270,9 +270,22 @@ def test_strided_reads_are_the_operands_a_vector_axis_reads_with_a_stride():
     assert conv.strided_reads[1] == ((1, 0),) and conv.strided_reads[3] == ()  # weight[k, c, r, s]; x[.., w + s]
 
 
+def test_panel_reads_are_contiguous_operands_a_row_apart_per_reduction_step():
+    matmul = next(r for r in SearchSpace(ops.make("matmul", "16,32,24")).rules if r.rule == "tile")
+    assert matmul.panel_reads == ((), ((1, 1),))  # B[k, j] along j; A[i, k] is not indexed by j
+    bmm = next(r for r in SearchSpace(ops.make("batch_matmul", "2,16,32,24")).rules if r.rule == "tile")
+    assert bmm.panel_reads == ((), (), ((1, 2),))  # B[b, k, j]
+    dense = next(r for r in SearchSpace(ops.make("dense", "16,32,24")).rules if r.rule == "tile")
+    assert dense.panel_reads == ((), ())  # weight[j, k] is strided along j, not a panel
+    conv = next(r for r in SearchSpace(ops.make("conv2d_nchw", "1,8,10,10,16,3,3")).rules if r.rule == "tile")
+    assert conv.panel_reads[3] == ()  # x[.., w + s] is indexed by an expression
+
+
 @pytest.mark.parametrize("op,shape,options,block,axis", [
     ("dense", "16,32,24", {"bias": "true", "epilogue": "relu"}, "dense", 1),
     ("matmul", "32,16,24", {}, "C", 0),
+    ("matmul", "32,16,24", {}, "C", 1),  # the last axis: B's panels
+    ("batch_matmul", "2,16,32,24", {}, "C", 2),
     ("conv2d_nchw", "1,8,6,6,16,3,3", {"bias": "true", "relu": "true"}, "conv2d_nchw", 1),
 ])
 @pytest.mark.parametrize("pack", [1, 2, 3])
@@ -325,6 +338,21 @@ def test_padding_may_be_computed_inside_the_tile_loops(op, shape, target):
     assert "at" not in space.constrain(inlined)["blocks"][pad.block]  # nothing left to place
     drawn = [space.sample(rng).decisions["blocks"].get(pad.block, {}) for _ in range(30)]
     assert any(d.get("at") for d in drawn) and any(not d.get("at") for d in drawn)
+
+
+def test_draws_pack_panels_with_the_configured_probability():
+    space = SearchSpace(ops.make("matmul", "64,64,64"))
+    rng = random.Random(0)
+
+    def packed_share(probability: float) -> float:
+        # only the last axis vectorized: a pack drawn for A's strided rows (axis 0) is not drawn here
+        space.config = replace(space.config, panel_pack_probability=probability, vector_axes="last")
+        drawn = [space.constrain(space._draw(rng))["blocks"]["C"] for _ in range(200)]
+        vectorized = [d for d in drawn if d["spatial"][1][-1] > 1]
+        return sum("pack" in d for d in vectorized) / len(vectorized)
+
+    assert packed_share(0.0) == 0 and packed_share(1.0) == 1
+    assert 0.1 < packed_share(0.25) < 0.4
 
 
 def test_candidates_from_before_vector_axes_and_packing_keep_their_keys():
