@@ -104,6 +104,7 @@ class ModelGuidedSearch(RandomSearch):
         ]
         self.told_features: dict[str, np.ndarray] = {}
         self._rows: dict[str, np.ndarray | None] = {}  # features by candidate key; None: TVM rejects it
+        self._applied: dict[str, Any] = {}  # schedules of sampled candidates whose rows are not computed yet
 
     def ask(self, n: int) -> list[Candidate]:
         if not self.model.is_trained or self.seeds:
@@ -140,7 +141,9 @@ class ModelGuidedSearch(RandomSearch):
         best = sorted(((lat, c) for lat, c in self.measured if np.isfinite(lat)), key=lambda lc: lc[0])
         population = [c for _, c in best[: self.population // 4]]
         while len(population) < self.population:
-            population.append(self.space.sample(self.rng))
+            candidate, sch = self.space.sample_applied(self.rng)
+            self._applied[candidate.key] = sch  # for _features, which would apply it again
+            population.append(candidate)
         return population
 
     def _score(self, candidates: list[Candidate], scored: dict[str, tuple[float, Candidate]]) -> list[Candidate]:
@@ -160,7 +163,8 @@ class ModelGuidedSearch(RandomSearch):
         """Feature rows of the candidates (None for one TVM rejects), computed once per candidate and
         kept between batches."""
         new = [c for c in {c.key: c for c in candidates}.values() if c.key not in self._rows]
-        applied = [(c, self.space.try_apply(c)) for c in new]
+        applied = [(c, self._applied[c.key] if c.key in self._applied else self.space.try_apply(c)) for c in new]
+        self._applied.clear()  # those not asked for now were already scored (or are duplicates)
         valid = [(c, s) for c, s in applied if s is not None]
         self._rows.update({c.key: None for c in new})
         if valid:

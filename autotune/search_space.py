@@ -121,11 +121,16 @@ class SearchSpace:
 
     def sample(self, rng: random.Random) -> Candidate:
         """A random candidate that TVM accepts (the default schedule if none is found)."""
+        return self.sample_applied(rng)[0]
+
+    def sample_applied(self, rng: random.Random) -> tuple[Candidate, s_tir.Schedule]:
+        """`sample`, with the candidate's schedule: validating a draw applies it, and a caller that
+        needs the schedule (for features) need not apply it again."""
         for _ in range(_MAX_SAMPLE_ATTEMPTS):
             candidate = Candidate(self._draw(rng))
-            if self.is_valid(candidate):
-                return candidate
-        return self.default_candidate()
+            if (sch := self.try_apply(candidate)) is not None:
+                return candidate, sch
+        return self.default_candidate(), apply_candidate(self, self.default_candidate())
 
     def default_candidate(self) -> Candidate:
         """Every block at the root, no tiling: always valid, the untuned baseline."""

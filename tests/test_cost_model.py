@@ -180,6 +180,25 @@ def test_guided_search_computes_each_candidates_features_once(hw):
     np.testing.assert_array_equal(told, fresh_extract(batch))  # kept rows are what a fresh extraction gives
 
 
+def test_guided_search_applies_each_candidate_once_per_ranking(hw, monkeypatch):
+    """Sampling the initial population validates each draw by applying it; the features reuse that schedule."""
+    space = SearchSpace(ops.make("matmul", "64,64,64"))
+    extractor = FeatureExtractor(space, hw)
+    pool = [space.sample(random.Random(i)) for i in range(40)]
+    model = CostModel()
+    model.fit(extractor.extract(pool), [1e-3 * (1 + i % 7) for i in range(40)], ["w"] * 40)
+    search = ModelGuidedSearch(space, extractor, model, seed=0, population=16, generations=2)
+    applied, try_apply = [], space.try_apply
+
+    def counting(candidate):
+        applied.append(candidate.key)
+        return try_apply(candidate)
+
+    monkeypatch.setattr(space, "try_apply", counting)
+    assert len(search._ranked_unmeasured(4)) == 4
+    assert len(applied) == len(set(applied)), "a candidate was applied twice"
+
+
 def test_features_do_not_import_tensor_intrin():
     """MetaSchedule's TuneContext imports tvm.s_tir.tensor_intrin (~20 s); our feature path must not."""
     import subprocess
