@@ -155,7 +155,7 @@ class ModelGuidedSearch(RandomSearch):
             predictions = self.model.predict(np.stack([row for _, row in valid]))
             for (candidate, _), score in zip(valid, predictions):
                 scored[candidate.key] = (float(score), candidate)
-        keys = {c.key for c in candidates if c.key in scored}
+        keys = dict.fromkeys(c.key for c in candidates if c.key in scored)  # in order: ties keep it, whatever the hash seed
         top = sorted((scored[k] for k in keys), key=lambda sc: -sc[0])
         return [c for _, c in top[: self.population]]
 

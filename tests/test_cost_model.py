@@ -1,6 +1,10 @@
 """Features, the XGBoost cost model, and the model-guided search."""
 
+import os
 import random
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -197,6 +201,32 @@ def test_guided_search_applies_each_candidate_once_per_ranking(hw, monkeypatch):
     monkeypatch.setattr(space, "try_apply", counting)
     assert len(search._ranked_unmeasured(4)) == 4
     assert len(applied) == len(set(applied)), "a candidate was applied twice"
+
+
+def test_guided_search_picks_the_same_batch_whatever_the_hash_seed():
+    """Candidates with equal scores keep their order: a set's order (it changes with PYTHONHASHSEED)
+    once decided which of them stayed in the population, so one seed gave two different tunes."""
+    script = textwrap.dedent("""
+        import hashlib, random
+        import autotune
+        from autotune import ops
+        from autotune.cost_model import CostModel
+        from autotune.features import FeatureExtractor
+        from autotune.search import ModelGuidedSearch
+        from autotune.search_space import SearchSpace
+        hw = autotune.resolve_target("llvm")
+        space = SearchSpace(ops.make("matmul", "512,512,512"), cores=2, registers=hw.vector_registers)
+        extractor = FeatureExtractor(space, hw)
+        pool = [space.sample(random.Random(0)) for _ in range(32)]
+        latencies = [1 + int(hashlib.sha1(c.key.encode()).hexdigest(), 16) % 100 / 10 for c in pool]
+        model = CostModel()
+        model.fit(extractor.extract(pool), latencies, ["w"] * len(pool))
+        print(" ".join(c.key for c in ModelGuidedSearch(space, extractor, model, seed=1).ask(16)))
+    """)
+    batches = {subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONHASHSEED": seed},
+                              capture_output=True, text=True, check=True).stdout
+               for seed in ("1", "3")}
+    assert len(batches) == 1
 
 
 def test_features_do_not_import_tensor_intrin():
