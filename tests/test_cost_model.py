@@ -160,14 +160,20 @@ def test_guided_search_never_repeats_and_follows_the_model(hw):
     assert np.mean(guided) > np.mean(vector)
 
 
-def test_guided_search_computes_each_candidates_features_once(hw):
-    """Batches mutate the same best parents again, and what is measured was scored: features are kept."""
+def _small_trained_search(hw) -> ModelGuidedSearch:
+    """Model-guided search of a 64^3 matmul whose model is fitted on 40 sampled candidates."""
     space = SearchSpace(ops.make("matmul", "64,64,64"))
     extractor = FeatureExtractor(space, hw)
     pool = [space.sample(random.Random(i)) for i in range(40)]
     model = CostModel()
     model.fit(extractor.extract(pool), [1e-3 * (1 + i % 7) for i in range(40)], ["w"] * 40)
-    search = ModelGuidedSearch(space, extractor, model, seed=0, population=16, generations=2)
+    return ModelGuidedSearch(space, extractor, model, seed=0, population=16, generations=2)
+
+
+def test_guided_search_computes_each_candidates_features_once(hw):
+    """Batches mutate the same best parents again, and what is measured was scored: features are kept."""
+    search = _small_trained_search(hw)
+    space, extractor = search.space, search.extractor
     fresh_extract, extracted = extractor.extract, []
 
     def counting(candidates, schedules=None):
@@ -186,12 +192,8 @@ def test_guided_search_computes_each_candidates_features_once(hw):
 
 def test_guided_search_applies_each_candidate_once_per_ranking(hw, monkeypatch):
     """Sampling the initial population validates each draw by applying it; the features reuse that schedule."""
-    space = SearchSpace(ops.make("matmul", "64,64,64"))
-    extractor = FeatureExtractor(space, hw)
-    pool = [space.sample(random.Random(i)) for i in range(40)]
-    model = CostModel()
-    model.fit(extractor.extract(pool), [1e-3 * (1 + i % 7) for i in range(40)], ["w"] * 40)
-    search = ModelGuidedSearch(space, extractor, model, seed=0, population=16, generations=2)
+    search = _small_trained_search(hw)
+    space = search.space
     applied, try_apply = [], space.try_apply
 
     def counting(candidate):
