@@ -19,6 +19,7 @@ import numpy as np
 from . import logs, ops
 from .database import Database, default_database_path
 from .errors import AutotuneError, BudgetError, FleetError, ShapeError
+from .measure import MeasureOptions
 from .records import TrialRecord
 from .search_space import SearchSpace
 from .space_config import load_space_config
@@ -428,7 +429,9 @@ def _timed_with_numpy(result: TuneResult, rounds: int = 5) -> tuple[float, float
     lib = tvm.compile(result.mod, target=result.target.target)
     arrays = result.workload.random_inputs(0)
     tensors = [tvm.runtime.tensor(a, tvm.cpu()) for a in arrays]
-    evaluator = lib.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=5, min_repeat_ms=10)
+    timing = MeasureOptions()  # as the runner times a candidate
+    evaluator = lib.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=timing.repeat,
+                                       min_repeat_ms=timing.min_repeat_ms)
     tuned, blas = [], []
     for _ in range(rounds):
         tuned.append(statistics.median(evaluator(*tensors).results))

@@ -302,15 +302,7 @@ def _strided_reads(stmt: Any, n_spatial: int) -> tuple[tuple[tuple[int, int], ..
     iterator does not index is broadcast, and one it indexes inside an expression (a conv's
     input h + r) is left as it is.
     """
-    out = []
-    for iv in stmt.iter_vars[:n_spatial]:
-        reads = []
-        for index, region in enumerate(stmt.reads):
-            axes = [a for a, r in enumerate(region.region) if any(v.same_as(iv.var) for v in undefined_vars(r.min))]
-            if len(axes) == 1 and axes[0] < len(region.region) - 1 and region.region[axes[0]].min.same_as(iv.var):
-                reads.append((index, axes[0]))
-        out.append(tuple(reads))
-    return tuple(out)
+    return _reads_by_iterator(stmt, n_spatial, lambda used, axis: axis < len(used) - 1)
 
 
 def _panel_reads(stmt: Any, n_spatial: int) -> tuple[tuple[tuple[int, int], ...], ...]:
@@ -323,16 +315,25 @@ def _panel_reads(stmt: Any, n_spatial: int) -> tuple[tuple[tuple[int, int], ...]
     `_pack_operands`) the panel is contiguous, as in the GEMM kernels of vendor libraries.
     """
     reduction_vars = [iv.var for iv in stmt.iter_vars[n_spatial:]]
+
+    def along_reduction(used: list[list[Any]], axis: int) -> bool:
+        others = used[:axis] + used[axis + 1:]
+        return axis == len(used) - 1 and any(v.same_as(r) for vs in others for v in vs for r in reduction_vars)
+    return _reads_by_iterator(stmt, n_spatial, along_reduction)
+
+
+def _reads_by_iterator(stmt: Any, n_spatial: int, keep: Any) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """For each spatial iterator, the (read index, axis) of every read whose `axis` it alone indexes,
+    as the whole index there (B[k, j], not x[.., w + s]) and on no other axis, and for which
+    `keep(variables of each axis's index, axis)` holds."""
     out = []
     for iv in stmt.iter_vars[:n_spatial]:
         reads = []
         for index, region in enumerate(stmt.reads):
             used = [undefined_vars(r.min) for r in region.region]
             axes = [a for a, vs in enumerate(used) if any(v.same_as(iv.var) for v in vs)]
-            last = len(region.region) - 1
-            along_reduction = any(v.same_as(r) for vs in used[:last] for v in vs for r in reduction_vars)
-            if axes == [last] and region.region[last].min.same_as(iv.var) and along_reduction:
-                reads.append((index, last))
+            if len(axes) == 1 and region.region[axes[0]].min.same_as(iv.var) and keep(used, axes[0]):
+                reads.append((index, axes[0]))
         out.append(tuple(reads))
     return tuple(out)
 

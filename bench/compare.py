@@ -14,8 +14,8 @@ strategy=S)`, a fresh temporary database per workload, budget and strategy), the
 (`tune_tir`, same tvm Target, `max_trials_global=N`, `num_trials_per_iter=min(64, N)`, its logs in
 a temporary work dir). Once every tool has tuned a workload, their best schedules (`apply_best`,
 `compile_tir`) are rebuilt here, checked against TVM's untuned build on `workload.random_inputs(0)`
-and re-timed together as autotune's runner times (`time_evaluator`, number=1, repeat=5,
-min_repeat_ms=30, median) at each of 8 random placements of their arrays in memory, the same for
+and re-timed together (`time_evaluator`, number=1, repeat=5, min_repeat_ms=30, median: as autotune's
+runner timed until it went to 10 ms repeats, which spread the same) at each of 8 random placements of their arrays in memory, the same for
 every tool, every tool in turn at each placement (these VMs change speed within seconds: the
 kernels must see the same moments); the median over placements counts. The FMA peak
 (bench/peak_flops.py) measured right after says how fast the machine was then.
@@ -179,7 +179,8 @@ def time_placements(mod: tvm.IRModule, hw: autotune.HardwareTarget, ref: Referen
 
 
 def tvm_timer(name: str, mod: tvm.IRModule, hw: autotune.HardwareTarget, ref: Reference) -> Timer:
-    """`mod` built here, timed as autotune's runner times a repeat (time_evaluator, 5 x >= 30 ms, median)."""
+    """`mod` built here, timed with time_evaluator, 5 x >= 30 ms, median (autotune's runner now repeats for
+    10 ms, MeasureOptions.min_repeat_ms; the longer repeats are kept here so that runs stay comparable)."""
     try:
         lib = tvm.compile(mod, target=hw.target)
     except Exception as exc:  # named, so that retime_together can set that tool aside
