@@ -19,8 +19,9 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,19 @@ BUSY_TIMEOUT_MS = 30_000
 _TRIAL_JSON_COLUMNS = ("decisions", "trace", "latencies", "versions")
 _SESSION_JSON_COLUMNS = ("tasks", "options")
 # Both tuned lookups filter on (workload_key, target_key) first; see _m001_initial's indexes.
-_OK_BY_LATENCY = "workload_key = ? AND target_key = ? AND status = 'ok' AND latency_median IS NOT NULL"
+# Correct trials in ranking order: by ranking_latency, which is a trial's own median until finals re-rank it.
+_OK_BY_LATENCY = "workload_key = ? AND target_key = ? AND status = 'ok' AND ranking_latency IS NOT NULL"
+
+
+@dataclass(frozen=True)
+class Check:
+    """A re-measurement of a stored trial, as the checks table keeps it."""
+
+    trial_id: int
+    remeasured: TrialRecord
+    ratio: float | None  # the re-measured latency over the trial's recorded one; None when it failed
+    flagged: bool  # the trial becomes "unstable": kept, never best again
+    ranking_latency: float | None = None  # finals: the trial's new ranking latency (None keeps it)
 
 
 def default_database_path() -> Path:
@@ -114,9 +127,13 @@ class Database:
         """Insert trials measured elsewhere, with their workload and target rows; returns how many trials were new.
 
         Trials whose `uid` is already here, and workloads/targets whose key is, are skipped, so
-        merging the same log twice adds nothing. One transaction: a merge is complete or absent.
-        Workload and target rows are given as `workload_row`/`target_row` return them.
+        merging the same log twice adds nothing; but a known trial takes the incoming ranking (its
+        ranking latency, and "unstable" when it was flagged there), so that a log exported again
+        after more tuning and finals ranks its trials here as it does where they were measured.
+        One transaction: a merge is complete or absent. Workload and target rows are given as
+        `workload_row`/`target_row` return them.
         """
+        records = list(records)
         with self._db.conn:
             for row in workloads:
                 self._db.table("workloads").insert(_encoded(row, ("args",)), pk="key", ignore=True)
@@ -124,6 +141,12 @@ class Database:
                 self._db.table("targets").insert(_encoded(row, ("target", "fingerprint")), pk="key", ignore=True)
             before = self._count("trials")
             self._db.table("trials").insert_all((_trial_row(r) for r in records), ignore=True, batch_size=500)
+            self._db.conn.executemany(
+                "UPDATE trials SET ranking_latency = ? WHERE uid = ? AND status = 'ok'",
+                [(r.ranking_latency, r.uid) for r in records if r.status is Status.OK and r.ranking_latency is not None])
+            self._db.conn.executemany(
+                "UPDATE trials SET status = ? WHERE uid = ? AND status = 'ok'",
+                [(Status.UNSTABLE.value, r.uid) for r in records if r.status is Status.UNSTABLE])
             return self._count("trials") - before
 
     def prune(self, keep: int) -> int:
@@ -139,8 +162,8 @@ class Database:
                 """DELETE FROM trials WHERE id NOT IN (
                        SELECT id FROM (
                            SELECT id, row_number() OVER (
-                               PARTITION BY workload_key, target_key ORDER BY latency_median, id) AS rank
-                           FROM trials WHERE status = 'ok' AND latency_median IS NOT NULL)
+                               PARTITION BY workload_key, target_key ORDER BY ranking_latency, id) AS rank
+                           FROM trials WHERE status = 'ok' AND ranking_latency IS NOT NULL)
                        WHERE rank <= ?)""",
                 [int(keep)],
             )
@@ -160,16 +183,20 @@ class Database:
         return {row["candidate_key"] for row in rows}
 
     def best(self, workload_key: str, target_key: str) -> TrialRecord | None:
-        """The fastest correct trial of this workload on this target, or None."""
+        """The fastest correct trial of this workload on this target (by ranking latency), or None."""
         top = self.top_k(workload_key, target_key, 1)
         return top[0] if top else None
 
     def top_k(self, workload_key: str, target_key: str, k: int) -> list[TrialRecord]:
-        """The k fastest correct trials, fastest first (ties: oldest first)."""
+        """The k fastest correct trials, fastest first (ties: oldest first).
+
+        "Fastest" is by ranking latency: a trial's own median, until finals timed it head to head
+        with the other leaders (see tuner.TaskTuner.finals).
+        """
         if k <= 0:
             return []
         rows = self._db.table("trials").rows_where(
-            _OK_BY_LATENCY, [workload_key, target_key], order_by="latency_median, id", limit=int(k)
+            _OK_BY_LATENCY, [workload_key, target_key], order_by="ranking_latency, id", limit=int(k)
         )
         return [_trial_from_row(row) for row in list(rows)]
 
@@ -185,10 +212,14 @@ class Database:
         return [_trial_from_row(row) for row in list(rows)]
 
     def summary(self) -> list[dict[str, Any]]:
-        """One row per (workload, target) pair: names, trial counts and the best latency, for `cache ls`."""
+        """One row per (workload, target) pair: names, trial counts and the best's latency, for `cache ls`."""
         return list(self._db.query(
             """SELECT t.workload_key, w.name AS workload_name, t.target_key, g.kind AS target_kind,
-                      count(*) AS trials, sum(t.status = 'ok') AS ok, min(t.latency_median) AS best_latency
+                      count(*) AS trials, sum(t.status = 'ok') AS ok,
+                      (SELECT b.latency_median FROM trials b
+                       WHERE b.workload_key = t.workload_key AND b.target_key = t.target_key AND b.status = 'ok'
+                             AND b.ranking_latency IS NOT NULL
+                       ORDER BY b.ranking_latency, b.id LIMIT 1) AS best_latency
                FROM trials t LEFT JOIN workloads w ON w.key = t.workload_key
                              LEFT JOIN targets g ON g.key = t.target_key
                GROUP BY t.workload_key, t.target_key ORDER BY w.name, t.workload_key, t.target_key"""
@@ -224,13 +255,23 @@ class Database:
 
     def commit_check(self, trial_id: int, remeasured: TrialRecord, ratio: float | None, flagged: bool) -> None:
         """Store a re-measurement of a trial; a flagged trial becomes "unstable" and is never best again."""
-        row = {"trial_id": trial_id, "status": remeasured.status.value, "latency_median": remeasured.latency,
-               "latencies": _dumps(list(remeasured.latencies)), "ratio": ratio, "flagged": int(flagged),
-               "created_at": time.time()}
+        self.commit_checks([Check(trial_id, remeasured, ratio, flagged)])
+
+    def commit_checks(self, checks: Sequence[Check]) -> None:
+        """Store re-measurements, with the flags and ranking latencies they set, in one transaction:
+        finals re-rank their trials together or not at all."""
         with self._db.conn:
-            self._db.table("checks").insert(row)
-            if flagged:
-                self._db.execute("UPDATE trials SET status = ? WHERE id = ?", [Status.UNSTABLE.value, trial_id])
+            for check in checks:
+                again = check.remeasured
+                self._db.table("checks").insert(
+                    {"trial_id": check.trial_id, "status": again.status.value, "latency_median": again.latency,
+                     "latencies": _dumps(list(again.latencies)), "ratio": check.ratio, "flagged": int(check.flagged),
+                     "created_at": time.time()})
+                if check.flagged:
+                    self._db.execute("UPDATE trials SET status = ? WHERE id = ?", [Status.UNSTABLE.value, check.trial_id])
+                if check.ranking_latency is not None:
+                    self._db.execute("UPDATE trials SET ranking_latency = ? WHERE id = ?",
+                                     [float(check.ranking_latency), check.trial_id])
 
     def checks(self, trial_id: int) -> list[dict[str, Any]]:
         """The re-measurements of a trial, oldest first."""
@@ -416,9 +457,19 @@ def _m007_features(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m008_ranking_latency(db: sqlite_utils.Database) -> None:
+    """The latency trials are ranked by: their own median until finals re-rank them head to head
+    (tuner.TaskTuner.finals). Indexed as the best lookup reads it."""
+    db.execute("ALTER TABLE trials ADD COLUMN ranking_latency REAL")
+    db.execute("UPDATE trials SET ranking_latency = latency_median WHERE status = 'ok'")
+    db.execute("DROP INDEX IF EXISTS idx_trials_best")
+    db.table("trials").create_index(["workload_key", "target_key", "status", "ranking_latency"],
+                                    index_name="idx_trials_rank")
+
+
 _MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _m001_initial, _m002_models, _m003_trial_identity, _m004_sessions, _m005_checks, _m006_workload_json,
-    _m007_features,
+    _m007_features, _m008_ranking_latency,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -551,6 +602,7 @@ def _trial_row(record: TrialRecord) -> dict[str, Any]:
         workload_key=record.workload_key, target_key=record.target_key, candidate_key=record.candidate_key,
         decisions=_dumps(record.decisions), trace=_dumps(record.trace), status=Status(record.status).value,
         latency_median=record.latency, latency_std=record.latency_std,
+        ranking_latency=None if record.latency is None else (record.ranking_latency or record.latency),
         latencies=_dumps([float(x) for x in record.latencies]), error=record.error, build_secs=float(record.build_secs),
         versions=_dumps(dict(record.versions)), created_at=float(record.created_at),
         uid=record.uid, origin=record.origin, session_id=record.session_id,
@@ -561,6 +613,8 @@ def _trial_from_row(row: dict[str, Any]) -> TrialRecord:
     data = dict(row)
     for column in _TRIAL_JSON_COLUMNS:
         data[column] = json.loads(row[column]) if row[column] is not None else None
+    if data.get("ranking_latency") == row["latency_median"]:  # ranked by its own median (see TrialRecord)
+        data["ranking_latency"] = None
     return TrialRecord.from_json(data)
 
 

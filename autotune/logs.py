@@ -43,7 +43,9 @@ from .target import HardwareTarget, fingerprint_differences, make_key
 from .workload import stored_workload
 
 LOG_FORMAT = "autotune-log"
-LOG_VERSION = 2  # 2: workloads carry TVM JSON (mod_json); version 1 logs carried TVMScript only
+# 2: workloads carry TVM JSON (mod_json); version 1 logs carried TVMScript only. Trials may carry a
+# ranking_latency (finals); an older reader ignores it and ranks by the trials' own medians.
+LOG_VERSION = 2
 _MAX_ERROR_TEXT = 2000
 CHECK_TIMEOUT = 120.0  # seconds for the worker to read one workload and replay its traces
 
@@ -249,6 +251,9 @@ def _trial(data: dict[str, Any], where: str) -> TrialRecord:
     for k in ("build_secs", "created_at"):
         if data.get(k) is not None:
             _number(data, k, where)
+    ranking = data.get("ranking_latency")
+    if ranking is not None and not (_is_number(ranking) and math.isfinite(ranking) and ranking > 0):
+        raise LogError(f"{where}: ranking_latency must be a positive finite number of seconds")
     for k in ("error", "origin"):
         if not isinstance(data.get(k, ""), str):
             raise LogError(f"{where}: field {k!r} must be a string")

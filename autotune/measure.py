@@ -63,6 +63,13 @@ class MeasureOptions:
     # stops there (one repeat instead of `repeat`): it cannot become the best, and its one repeat of
     # min_repeat_ms is precise enough to rank it for the cost model. 0 times every repeat.
     screen_ratio: float = 1.5
+    # At the end of a tune the leading `finalists` trials are built again and timed head to head,
+    # `finals_rounds` repeats each taken in turn, and re-ranked by that (tuner.TaskTuner.finals). Why:
+    # trials timed at separate moments of a VM whose speed drifts rank partly by their moment; the
+    # top 4 of 27 runs re-timed together had another winner in 12 (bench/RESULTS.md, 2026-12-01).
+    # Below 2: no finals; the best alone is measured again (TaskTuner.verify_best).
+    finalists: int = 4
+    finals_rounds: int = 7
     # Address-space cap of each worker (0: half the machine's memory), so code that allocates
     # without bound fails in its worker instead of taking the machine down.
     memory_limit_mb: int = 0
@@ -314,15 +321,51 @@ class Measurer:
         for run in as_completed(runs):  # the fleet's devices run in parallel, each as soon as its build is done
             yield run.result()
 
+    def time_together(self, candidates: Sequence[Candidate], rounds: int) -> list[TrialRecord]:
+        """Build the candidates, then time them head to head in one job: `rounds` repeats each, taken in
+        turn (worker._time_in_turn). Returns one record per candidate, in order.
+
+        Builds get the full build_timeout (these candidates built before). When the job fails as a
+        whole (a worker that dies in one kernel's code, a lost device), every built candidate's record
+        carries that failure: it cannot be told whose it was.
+        """
+        if not self._prepared:
+            self.prepare()
+        builds = [self._workers.threads.submit(self._build, c, True) for c in candidates]
+        built = [b.result() for b in builds]
+        ready = [i for i, b in enumerate(built) if b.get("ok")]
+        records = [TrialRecord(status=Status.BUILD_ERROR, error=b.get("error", ""), **self._fields(c, b))
+                   for c, b in zip(candidates, built)]
+        if not ready:
+            return records
+        request = {"job": "time_together", "lib_paths": [built[i]["out_path"] for i in ready], "rounds": rounds,
+                   "arrays_path": self._arrays_path, "outputs": self._outputs, "min_repeat_ms": self.options.min_repeat_ms}
+        try:
+            answer = self._workers.run(request, timeout=self._run_timeout * len(ready))
+        except WorkerDied as died:
+            answer = {"ok": False, "status": died.status.value, "error": str(died)}
+        finally:
+            for b in built:
+                _remove(b["out_path"])
+        results = answer.get("results") if answer.get("ok") else None
+        for n, i in enumerate(ready):
+            result = results[n] if results else answer
+            fields = self._fields(candidates[i], built[i])
+            if answer.get("device"):
+                fields["origin"] = _device_origin(answer)
+            records[i] = TrialRecord(status=_status(result), latencies=tuple(result.get("latencies") or ()),
+                                     error=result.get("error", ""), **fields)
+        return records
+
     def _run_when_built(self, candidate: Candidate, built: Future[dict[str, Any]], screen: float | None) -> TrialRecord:
         return self._run(candidate, built.result(), screen)
 
-    def _build(self, candidate: Candidate) -> dict[str, Any]:
+    def _build(self, candidate: Candidate, full_timeout: bool = False) -> dict[str, Any]:
         out_path = os.path.join(self._tmp.name, f"{candidate.key}.so")
         request = {"job": "build", "decisions": candidate.decisions, "out_path": out_path}
         if self.options.inject is not None:
             request["inject"] = self.options.inject(candidate)
-        limit, why = self._build_limit()
+        limit, why = (self.options.build_timeout, "") if full_timeout else self._build_limit()
         answer = self._call_builder(request, limit)
         if answer.get("ok"):
             self._build_secs.append(float(answer.get("build_secs", 0.0)))
@@ -353,8 +396,9 @@ class Measurer:
         finally:
             self._workers.idle_builders.put(worker)
 
-    def _run(self, candidate: Candidate, built: dict[str, Any], screen: float | None = None) -> TrialRecord:
-        record = dict(
+    def _fields(self, candidate: Candidate, built: dict[str, Any]) -> dict[str, Any]:
+        """The fields of a record of this candidate that do not depend on how its run went."""
+        return dict(
             workload_key=self.space.workload.key,
             target_key=self.target.key,
             candidate_key=candidate.key,
@@ -363,6 +407,9 @@ class Measurer:
             build_secs=float(built.get("build_secs", 0.0)),
             versions=versions(),
         )
+
+    def _run(self, candidate: Candidate, built: dict[str, Any], screen: float | None = None) -> TrialRecord:
+        record = self._fields(candidate, built)
         if not built.get("ok"):
             return TrialRecord(status=Status.BUILD_ERROR, error=built.get("error", ""), **record)
         request = {
@@ -382,11 +429,10 @@ class Measurer:
             return TrialRecord(status=died.status, error=str(died), **record)
         finally:
             _remove(built["out_path"])
-        status = Status(answer["status"]) if answer.get("status") in Status._value2member_map_ else Status.RUN_ERROR
         latencies = tuple(answer.get("latencies") or ())
         if answer.get("device"):  # measured on a device of the fleet: the record says which
             record["origin"] = _device_origin(answer)
-        return TrialRecord(status=status, latencies=latencies, error=answer.get("error", ""), **record)
+        return TrialRecord(status=_status(answer), latencies=latencies, error=answer.get("error", ""), **record)
 
 
 @functools.lru_cache(maxsize=1)
@@ -405,6 +451,11 @@ def versions() -> dict[str, str]:
     from . import __version__
 
     return {"autotune": __version__, "tvm": tvm.__version__, "python": sys.version.split()[0]}
+
+
+def _status(answer: dict[str, Any]) -> Status:
+    """A run's status as the worker answered it; anything it does not name is a run error."""
+    return Status(answer["status"]) if answer.get("status") in Status._value2member_map_ else Status.RUN_ERROR
 
 
 def _device_origin(answer: dict[str, Any]) -> str:

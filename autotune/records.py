@@ -52,6 +52,10 @@ class TrialRecord:
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
     origin: str = field(default_factory=socket.gethostname)
     session_id: int | None = None  # the model-tuning session that measured it (see session.py)
+    # The seconds it is ranked by (best, top_k): its own median until finals timed it head to head with
+    # the other leaders (tuner.TaskTuner.finals); None means its own median. Logs carry it, so every
+    # device that imports a log ranks its trials as the device that tuned them did.
+    ranking_latency: float | None = None
 
     @property
     def latency(self) -> float | None:
@@ -83,6 +87,7 @@ class TrialRecord:
             "uid": self.uid,
             "origin": self.origin,
             "session_id": self.session_id,
+            "ranking_latency": self.ranking_latency,
         }
 
     @staticmethod
@@ -103,4 +108,5 @@ class TrialRecord:
             uid=data.get("uid") or uuid.uuid4().hex,
             origin=data.get("origin") or "",
             session_id=data.get("session_id"),
+            ranking_latency=data.get("ranking_latency"),
         )

@@ -219,8 +219,8 @@ def _run(db: Database, session_id: int, hw: HardwareTarget, config: SpaceConfig,
                             f"{best.latency * 1e3:.4f} ms" if best else "none")
                 if progress is not None:
                     progress(session_progress(db, session_id, RUNNING, last_task))
-            for tuner in tuners.values():  # each task's best is measured again before it is reported
-                tuner.verify_best()
+            for tuner in tuners.values():  # each task's best is settled (finals) before it is reported
+                tuner.finish()
     except BaseException:
         db.update_session(session_id, status=STOPPED, elapsed=elapsed + time.perf_counter() - start)
         logger.info("session %d stopped", session_id)

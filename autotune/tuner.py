@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -16,12 +17,12 @@ import tvm
 from tvm import s_tir
 
 from .cost_model import CostModel, warm_start
-from .database import Database, open_database
+from .database import Check, Database, open_database
 from .errors import AutotuneError, BudgetError, TargetError, last_line
 from .features import FEATURE_VERSION, FeatureExtractor
 from .fleet import RpcOptions, fleet_target
 from .measure import MeasureOptions, Measurer, WorkerPool
-from .records import TrialRecord
+from .records import Status, TrialRecord
 from .search import ModelGuidedSearch, RandomSearch, SearchStrategy
 from .search_space import Candidate, SearchSpace, apply_candidate
 from .space_config import SpaceConfig, load_space_config
@@ -58,7 +59,9 @@ class TuneResult:
     trials: tuple[TrialRecord, ...] = field(default=())
     baseline_latency: float | None = None
     wall_secs: float = 0.0
-    remeasured_latency: float | None = None  # the best, measured again (freshly built) before it was reported
+    # The best measured again, freshly built, before it was reported: its finals latency, timed head to
+    # head with the runners-up (TaskTuner.finals), or, without finals, its re-measurement alone.
+    remeasured_latency: float | None = None
 
     @property
     def best_latency(self) -> float | None:
@@ -120,7 +123,7 @@ def tune(
                     logger.info("search space exhausted after %d trials", len(measured))
                     break
                 measured += done
-            best, remeasured = task.verify_best()
+            best, remeasured = task.finish()
             baseline = task.baseline
     mod = apply_record(work, best, config) if best else None
     return TuneResult(work, hw, best, mod, tuple(measured), baseline, time.perf_counter() - start, remeasured)
@@ -201,6 +204,47 @@ class TaskTuner:
             rows = {key: row.tobytes() for key, row in self.search.told_features.items()}
             self.db.save_features(self.workload.key, self.target.key, FEATURE_VERSION, rows)
         return done
+
+    def finish(self) -> tuple[TrialRecord | None, float | None]:
+        """Settle the best before it is reported: finals among the leaders, or, where there are none to
+        hold, the best measured again alone (verify_best). Returns the best and its new latency."""
+        held = self.finals()
+        return held if held is not None else self.verify_best()
+
+    def finals(self) -> tuple[TrialRecord | None, float | None] | None:
+        """Re-rank the leading trials by timing them head to head; returns the best and its finals
+        latency, or None when no finals were held.
+
+        Why: each trial was timed at its own moment, and this VM's speed drifts by up to 1.7x, so the
+        recorded best is partly the trial of the luckiest moment. The top `finalists` trials (by
+        ranking latency) are built again and timed in turn, `finals_rounds` repeats each
+        (Measurer.time_together), in the same moments. Their finals latencies, divided by the median
+        of their ratios to their ranking latencies, become their ranking latencies: the order among
+        the finalists is the head-to-head one, on the scale of the other trials' records. The
+        winner is then the best overall (its new ranking latency is at most the ranking latency
+        of the finalist at the median ratio, which no non-finalist beats), and later trials compare
+        with it as they would have with the records. A finalist that fails while another runs is
+        flagged "unstable"; when none runs (the job failed as a whole), nothing is stored.
+        """
+        options = self.measurer.options
+        top = [r for r in self.db.top_k(self.workload.key, self.target.key, options.finalists)
+               if r.decisions and r.id is not None]
+        if options.finalists < 2 or len(top) < 2:
+            return None
+        timed = self.measurer.time_together([Candidate(r.decisions) for r in top], options.finals_rounds)
+        ratios = [again.latency / _ranked_by(r) for r, again in zip(top, timed) if again.latency]
+        if not ratios:
+            logger.warning("%s: no finalist ran in the finals (%s); the best is re-measured alone", self.workload.name,
+                           timed[0].error or timed[0].status.value)
+            return None
+        scale = statistics.median(ratios)
+        self.db.commit_checks([_finals_check(r, again, scale) for r, again in zip(top, timed)])
+        best = self.db.best(self.workload.key, self.target.key)
+        finals = {r.id: again.latency for r, again in zip(top, timed)}
+        logger.info("%s finals: %s", self.workload.name, ", ".join(
+            f"#{r.id} {_ranked_by(r) * 1e3:.4g} -> {again.latency * 1e3:.4g} ms" if again.latency else f"#{r.id} {again.status.value}"
+            for r, again in zip(top, timed)))
+        return best, finals.get(best.id) if best else None
 
     def verify_best(self, attempts: int = 3) -> tuple[TrialRecord | None, float | None]:
         """Build and time the best record again before it is reported; returns it and its new latency.
@@ -438,6 +482,23 @@ def _progress(db: Database, work: Workload, hw: HardwareTarget, record: TrialRec
     best = db.best(work.key, hw.key)
     latency = best.latency if best else None
     return Progress(done, total, record, latency, gflops(work, latency))
+
+
+def _ranked_by(record: TrialRecord) -> float:
+    """The seconds a correct trial is ranked by (see TrialRecord.ranking_latency)."""
+    ranking = record.ranking_latency or record.latency
+    assert ranking is not None, "only correct trials are ranked"
+    return ranking
+
+
+def _finals_check(record: TrialRecord, again: TrialRecord, scale: float) -> Check:
+    """What the finals store for a finalist: its timings, its new ranking latency (its finals latency
+    over the finals' `scale`), or the "unstable" flag when it ran and failed. A finalist that did not
+    build keeps its rank (it built before; this says nothing about its kernel)."""
+    ratio = again.latency / record.latency if again.latency and record.latency else None
+    ranking = again.latency / scale if again.latency else None
+    return Check(record.id or 0, again, ratio, flagged=ranking is None and again.status is not Status.BUILD_ERROR,
+                 ranking_latency=ranking)
 
 
 def _off(ratio: float | None) -> bool:

@@ -127,12 +127,49 @@ def placed_copies(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np
     return views
 
 
-def _time_and_check(lib: Any, dev: Any, req: dict[str, Any], place: Callable[[list[np.ndarray]], list[Any]]) -> dict[str, Any]:
-    """Run a loaded candidate once, then time it: each repeat at a new placement of its arrays made by `place`,
-    whose outputs are checked against the reference (local or remote device)."""
+def time_together(req: dict[str, Any]) -> dict[str, Any]:
+    """Time built candidates head to head (the finals of a tune): see `_time_in_turn`."""
+    rng = np.random.default_rng(0)
+    libs = [tvm.runtime.load_module(path) for path in req["lib_paths"]]
+    return _time_in_turn(libs, tvm.cpu(), req,
+                         lambda arrays: [tvm.runtime.from_dlpack(a) for a in placed_copies(arrays, rng)])
+
+
+def _time_in_turn(libs: list[Any], dev: Any, req: dict[str, Any],
+                  place: Callable[[list[np.ndarray]], list[Any]]) -> dict[str, Any]:
+    """Time loaded candidates in turn: req["rounds"] rounds, each timing every candidate once (a repeat of
+    req["min_repeat_ms"]), starting one candidate later each round, each at a new placement of its arrays and
+    with its outputs checked. So every candidate is timed in the same moments as the others: their latencies
+    compare head to head, which separately timed trials on a VM whose speed drifts do not."""
+    expected, outputs, inputs = _reference_inputs(req)
+    results = [{"status": "ok", "latencies": [], "error": ""} for _ in libs]
+    numbers = [1] * len(libs)
+    for r in range(req["rounds"]):
+        for i in [(r + j) % len(libs) for j in range(len(libs))]:
+            if results[i]["status"] != "ok":
+                continue
+            args = place(inputs)
+            timer = libs[i].time_evaluator("main", dev, number=numbers[i], repeat=1, min_repeat_ms=req["min_repeat_ms"])
+            latency = timer(*args).results[0]
+            results[i]["latencies"].append(latency)
+            numbers[i] = max(1, math.ceil(req["min_repeat_ms"] / 1e3 / latency)) if latency > 0 else 1
+            if error := _wrong_output(args, outputs, expected):
+                results[i].update(status="wrong_result", error=error)
+    return {"ok": True, "results": results}
+
+
+def _reference_inputs(req: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[int], list[np.ndarray]]:
+    """The reference arrays, the output indices, and the inputs to run on (outputs zeroed)."""
     expected = _reference_arrays(req["arrays_path"])
     outputs = sorted(req["outputs"])
     inputs = [np.zeros_like(a) if i in outputs else a for i, a in enumerate(expected[f"arg{i}"] for i in range(len(expected)))]
+    return expected, outputs, inputs
+
+
+def _time_and_check(lib: Any, dev: Any, req: dict[str, Any], place: Callable[[list[np.ndarray]], list[Any]]) -> dict[str, Any]:
+    """Run a loaded candidate once, then time it: each repeat at a new placement of its arrays made by `place`,
+    whose outputs are checked against the reference (local or remote device)."""
+    expected, outputs, inputs = _reference_inputs(req)
     args = place(inputs)
     # One run first: it checks that the code runs at all and sizes the timing loop.
     start = time.perf_counter()
@@ -190,6 +227,16 @@ def rpc_run(req: dict[str, Any]) -> dict[str, Any]:
         lib, dev = _upload(session, req["lib_path"])
         # fresh device arrays per repeat: the device's allocator places them (no views across RPC)
         return _time_and_check(lib, dev, req, lambda arrays: [tvm.runtime.tensor(a, dev) for a in arrays])
+
+    return _on_device(req, measure)
+
+
+def rpc_time_together(req: dict[str, Any]) -> dict[str, Any]:
+    """Time built candidates head to head on one device of the fleet (as `time_together` does here)."""
+    def measure(session: Any) -> dict[str, Any]:
+        libs = [_upload(session, path)[0] for path in req["lib_paths"]]
+        dev = session.cpu(0)
+        return _time_in_turn(libs, dev, req, lambda arrays: [tvm.runtime.tensor(a, dev) for a in arrays])
 
     return _on_device(req, measure)
 
@@ -336,7 +383,8 @@ def _reference_arrays(path: str) -> dict[str, np.ndarray]:
 
 JOBS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "build": build, "build_reference": build_reference, "reference": reference, "run": run,
-    "device_info": device_info, "rpc_reference": rpc_reference, "rpc_run": rpc_run,
+    "time_together": time_together, "device_info": device_info, "rpc_reference": rpc_reference,
+    "rpc_run": rpc_run, "rpc_time_together": rpc_time_together,
     "model": model, "torch_model": torch_model,
     "check_workload": check_workload, "metaschedule_import": metaschedule_import,
 }

@@ -45,6 +45,7 @@ def fill(db: Database, template: TrialRecord, n: int, n_workloads: int = 2000, n
             template, workload_key=f"filler{i % n_workloads:05d}", target_key=f"device{i % n_targets}",
             candidate_key=uuid.uuid4().hex[:20], uid=uuid.uuid4().hex, status=status,
             latencies=(1e-3 * (1 + (i * 7919) % 1000 / 1000),) * 3 if status is Status.OK else (), id=None,
+            ranking_latency=None,
         ))
         if len(batch) == 5000:
             db.merge_trials(batch)
@@ -87,7 +88,7 @@ def main() -> None:
             total = db.stats()["trials"]
             plan = db._db.execute(  # the query `best` runs, as SQLite plans it
                 "EXPLAIN QUERY PLAN SELECT * FROM trials WHERE workload_key = ? AND target_key = ? AND status = 'ok' "
-                "AND latency_median IS NOT NULL ORDER BY latency_median, id LIMIT 1", [workloads[0].key, hw.key]
+                "AND ranking_latency IS NOT NULL ORDER BY ranking_latency, id LIMIT 1", [workloads[0].key, hw.key]
             ).fetchall()
             print(f"database: {total} trials ({real} real; filler inserted in {fill_secs:.1f} s), "
                   f"{path.stat().st_size / 1e6:.1f} MB")

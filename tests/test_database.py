@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from autotune import database
-from autotune.database import DEFAULT_DB_ENV, SCHEMA_VERSION, Database, default_database_path
+from autotune.database import DEFAULT_DB_ENV, SCHEMA_VERSION, Check, Database, default_database_path
 from autotune.errors import DatabaseError
 from autotune.records import Status, TrialRecord
 
@@ -75,6 +75,29 @@ def test_best_ignores_failures_and_picks_smallest_median(db):
     assert [r.candidate_key for r in db.top_k(W, T, 10)] == ["fast", "mid", "slow"]
     assert db.top_k(W, T, 0) == []
     assert db.best(W, "nowhere") is None
+
+
+def test_checks_re_rank_and_flag_trials_together(db):
+    ids = [db.commit_trial(trial(c, latencies=(lat,))) for c, lat in (("a", 1e-3), ("b", 2e-3), ("c", 3e-3))]
+    again = trial("x", latencies=(9e-3,))
+    db.commit_checks([Check(ids[0], trial("x", Status.WRONG_RESULT, latencies=()), None, flagged=True),
+                      Check(ids[2], again, 3.0, flagged=False, ranking_latency=1.5e-3)])
+    assert [r.candidate_key for r in db.top_k(W, T, 3)] == ["c", "b"]
+    assert db.best(W, T).latency == 3e-3 and db.best(W, T).ranking_latency == 1.5e-3
+    assert db.summary()[0]["best_latency"] == 3e-3  # the best's own latency, not the flagged trial's
+    assert [c["ratio"] for c in db.checks(ids[2])] == [3.0] and db.checks(ids[0])[0]["flagged"] == 1
+
+
+def test_merging_again_takes_the_incoming_rankings_of_known_trials(db, tmp_path):
+    with Database(tmp_path / "source.db") as source:
+        ids = [source.commit_trial(trial(c, latencies=(lat,))) for c, lat in (("a", 1e-3), ("b", 2e-3), ("c", 3e-3))]
+        assert db.merge_trials(source.trials()) == 3 and db.best(W, T).candidate_key == "a"
+        # more tuning there: finals re-ranked c first and flagged a
+        source.commit_checks([Check(ids[0], trial("x", Status.WRONG_RESULT, latencies=()), None, flagged=True),
+                              Check(ids[2], trial("x", latencies=(2e-3,)), 0.7, flagged=False, ranking_latency=0.5e-3)])
+        assert db.merge_trials(source.trials()) == 0
+    assert [(r.candidate_key, r.status) for r in db.trials(W, T)] == [("a", Status.UNSTABLE), ("b", Status.OK), ("c", Status.OK)]
+    assert db.best(W, T).candidate_key == "c"
 
 
 def test_measured_candidate_keys_include_failures(db):

@@ -96,6 +96,18 @@ def test_importing_twice_adds_nothing_and_logs_of_two_machines_merge(tuned, tmp_
         assert len(db.trials(result.workload.key, result.target.key)) == 7
 
 
+def test_a_log_carries_the_ranking_its_finals_made(tuned, tmp_path):
+    result, _, log = tuned
+    lines = log.read_text().splitlines()
+    last = json.loads(lines[-1])  # the log's last trial, ranked first by (say) later finals on its device
+    _write(log_ranked := tmp_path / "ranked.jsonl", lines[:-1] + [json.dumps({**last, "ranking_latency": 1e-9})])
+    with Database(tmp_path / "fleet.db") as db:
+        import_log(db, log)
+        assert db.best(result.workload.key, result.target.key).uid == result.best.uid
+        assert import_log(db, log_ranked).added == 0  # known trials, new ranking
+        assert db.best(result.workload.key, result.target.key).uid == last["uid"]
+
+
 def test_records_of_another_device_are_never_applied_silently(tuned, tmp_path, capsys):
     result, _, _ = tuned
     here, device, log = log_of_other_device(tuned, tmp_path)
@@ -118,7 +130,7 @@ def test_similar_device_records_seed_the_search_but_are_measured_here(tuned, tmp
         elsewhere = src.trials(result.workload.key, here.key)
         copy_to_device(db, elsewhere, device)
     seeded = autotune.tune(result.workload, target=here, trials=3, database=db_path, seed=9, similar=True)
-    fastest_elsewhere = sorted((r for r in elsewhere if r.latency), key=lambda r: r.latency)
+    fastest_elsewhere = sorted((r for r in elsewhere if r.latency), key=lambda r: r.ranking_latency or r.latency)  # as ranked there
     # After the untuned default, the other device's best schedules are measured first, here.
     measured = [r.candidate_key for r in seeded.trials]
     assert measured[1:] == [r.candidate_key for r in fastest_elsewhere if r.candidate_key != measured[0]][:2]
@@ -143,6 +155,8 @@ def _write(path, lines):
     (lambda lines: lines[:3] + [lines[3].replace('"ok"', '"fast"')] + lines[4:], r"line 4: unknown trial status"),
     (lambda lines: lines[:3] + [lines[3].replace('"latencies": [', '"latencies": [-1, ')] + lines[4:],
      r"line 4: latencies must be positive"),
+    (lambda lines: lines[:3] + [json.dumps({**json.loads(lines[3]), "ranking_latency": -1})] + lines[4:],
+     r"line 4: ranking_latency must be a positive"),
     (lambda lines: lines[1:], r"line 1: not an autotune log"),
     (lambda lines: lines[:2] + ["[1, 2]"] + lines[3:], r"line 3: expected a JSON object"),
 ])

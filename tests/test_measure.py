@@ -93,6 +93,21 @@ def test_a_clearly_slower_candidate_is_timed_once_and_still_checked(tmp_path, ar
         worker.kill()
 
 
+def test_candidates_timed_together_take_their_rounds_in_turn_and_are_each_checked(tmp_path, arrays):
+    good = _export(tmp_path, "good", lambda A, i: A[i] * 2.0)
+    wrong = _export(tmp_path, "wrong", lambda A, i: A[i] * 3.0)
+    also_good = _export(tmp_path, "also_good", lambda A, i: A[i] + A[i])
+    worker = WorkerProcess("runner", threads=1)
+    try:
+        answer = worker.call({"job": "time_together", "lib_paths": [good, wrong, also_good], "arrays_path": arrays,
+                              "outputs": [1], "rounds": 4, "min_repeat_ms": 1}, timeout=60)
+    finally:
+        worker.kill()
+    assert answer["ok"] is True
+    assert [(r["status"], len(r["latencies"])) for r in answer["results"]] == [("ok", 4), ("wrong_result", 1), ("ok", 4)]
+    assert "differs" in answer["results"][1]["error"] and all(x > 0 for x in answer["results"][0]["latencies"])
+
+
 def test_each_repeat_sees_the_arrays_at_another_aligned_placement():
     from autotune.worker import PLACEMENT_ALIGN, placed_copies
 

@@ -40,10 +40,15 @@ def test_tune_te_matmul_end_to_end(db_path):
     assert len(result.trials) == TRIALS and len(progress) == TRIALS
     assert [p.done for p in progress] == list(range(1, TRIALS + 1))
     assert result.best is not None and result.best.status is Status.OK
-    # The best is the fastest trial still marked correct (verify_best may have flagged one "unstable").
+    # The best is the finals' winner: the leaders were built again and timed head to head, each finalist
+    # keeps its timings as a check, and the reported re-measurement is the winner's finals latency.
     with Database(db_path) as db:
-        correct = [r for r in db.trials(result.workload.key, result.target.key) if r.status is Status.OK]
-    assert result.best_latency == min(r.latency for r in correct)
+        ranked = db.top_k(result.workload.key, result.target.key, TRIALS)
+        finalists = [r for r in ranked if db.checks(r.id)]
+        winner_check = db.checks(result.best.id)
+    assert ranked[0].id == result.best.id and len(finalists) == min(4, len(ranked))
+    assert [len(db_check["latencies"]) for db_check in winner_check] == [autotune.MeasureOptions().finals_rounds]
+    assert result.remeasured_latency == pytest.approx(np.median(winner_check[0]["latencies"]))
     assert result.best_gflops > 0
     # The tuned module computes what the untuned one does.
     workload = result.workload
@@ -69,9 +74,10 @@ def test_second_session_measures_only_new_candidates(db_path):
         # model-guided (the default): the features of measured candidates are kept
         kept = db.cached_features(workload.key, first.target.key, FEATURE_VERSION)
     assert len(both) == 8
-    # The second best is over both sessions' records. It may be slower than the first session's best
-    # when verify_best re-measured that one far off and flagged it "unstable" (µs kernels on a busy machine).
-    assert second.best_latency == min(r.latency for r in both if r.status is Status.OK)
+    # The second best is over both sessions' records: the second finals held the leaders of both.
+    with Database(db_path) as db:
+        assert db.best(workload.key, first.target.key).id == second.best.id
+        assert second.best.id in {r.id for r in both} and db.checks(second.best.id)
     assert first_keys | {r.candidate_key for r in second.trials} <= set(kept)
 
 
@@ -203,3 +209,76 @@ def test_a_best_and_its_runner_up_both_slower_mean_the_machine_slowed_not_an_uns
         assert [c["flagged"] for c in db.checks(ids[0])] == [0, 0]
         assert [c["flagged"] for c in db.checks(ids[1])] == [0]  # the control is stored too
         assert db.best(work.key, hw.key).id == ids[0]
+
+
+class _Finals:
+    """Stands in for the Measurer in finals: each finalist (in ranking order) gets the next (status, latency)."""
+
+    def __init__(self, outcomes, finalists=3):
+        self.outcomes = list(outcomes)
+        self.options = autotune.MeasureOptions(finalists=finalists)
+        self.alone = 0  # re-measurements outside finals (verify_best)
+
+    def time_together(self, candidates, rounds):
+        return [TrialRecord("w", "t", c.key, c.decisions, status, latencies=(latency,) * rounds if latency else ())
+                for c, (status, latency) in zip(candidates, [self.outcomes.pop(0) for _ in candidates])]
+
+    def measure(self, candidates, best_so_far=None):
+        self.alone += 1
+        for c in candidates:
+            yield TrialRecord("w", "t", c.key, c.decisions, Status.OK, latencies=(1e-3,) * 3)
+
+    def close(self):
+        pass
+
+
+@contextlib.contextmanager
+def _task_with_records(db_path, latencies):
+    """A TaskTuner of a small matmul whose database holds one record per latency; yields (task, db, ids)."""
+    work = ops.make("matmul", "16,16,16")
+    hw = resolve_target("llvm")
+    with Database(db_path) as db, TaskTuner(work, hw, db, load_space_config("cpu"), strategy="random") as task:
+        space = SearchSpace(work)
+        candidates = list({c.key: c for c in (space.sample(random.Random(i)) for i in range(40))}.values())
+        ids = [db.commit_trial(TrialRecord(work.key, hw.key, c.key, c.decisions, Status.OK, latencies=(lat,) * 3))
+               for c, lat in zip(candidates, latencies)]
+        task.measurer.close()
+        yield task, db, ids
+
+
+def test_finals_rerank_the_leaders_head_to_head_on_the_records_scale(db_path):
+    ms = 1e-3
+    with _task_with_records(db_path, [1.0 * ms, 1.2 * ms, 1.3 * ms, 1.4 * ms]) as (task, db, ids):
+        # the finals ran in a phase twice as slow, and the recorded best was a lucky moment (3.0 against 2.4)
+        task.measurer = _Finals([(Status.OK, 3.0 * ms), (Status.OK, 2.4 * ms), (Status.OK, 2.6 * ms)])
+        best, again = task.finish()
+        assert best.id == ids[1] and again == pytest.approx(2.4 * ms) and task.measurer.alone == 0
+        ranked = db.top_k(task.workload.key, task.target.key, 4)
+        # scale: the median ratio (2.0) puts the finalists back on the records' scale; the others keep theirs
+        assert [r.id for r in ranked] == [ids[1], ids[2], ids[3], ids[0]]
+        assert [r.ranking_latency or r.latency for r in ranked] == pytest.approx([1.2 * ms, 1.3 * ms, 1.4 * ms, 1.5 * ms])
+        assert ranked[3].ranking_latency == pytest.approx(1.5 * ms)  # None where it is the record's own median
+        assert [r.latency for r in ranked] == pytest.approx([1.2 * ms, 1.3 * ms, 1.4 * ms, 1.0 * ms])
+        assert [len(db.checks(i)) for i in ids] == [1, 1, 1, 0]
+        assert db.checks(ids[0])[0]["ratio"] == pytest.approx(3.0)
+
+
+def test_a_finalist_that_fails_is_unstable_one_that_does_not_build_keeps_its_rank(db_path):
+    ms = 1e-3
+    with _task_with_records(db_path, [1.0 * ms, 1.1 * ms, 1.2 * ms]) as (task, db, ids):
+        task.measurer = _Finals([(Status.WRONG_RESULT, None), (Status.BUILD_ERROR, None), (Status.OK, 1.2 * ms)])
+        best, again = task.finals()
+        assert best.id == ids[1] and again is None  # unchecked, it keeps its rank
+        assert db.trials(task.workload.key, task.target.key)[0].status is Status.UNSTABLE
+        assert [c["flagged"] for i in ids for c in db.checks(i)] == [1, 0, 0]
+
+
+def test_without_finals_the_best_is_re_measured_alone(db_path):
+    with _task_with_records(db_path, [1e-3, 2e-3]) as (task, db, ids):
+        task.measurer = _Finals([(Status.RUN_ERROR, None)] * 2, finalists=2)  # the job failed as a whole
+        best, again = task.finish()
+        assert best.id == ids[0] and task.measurer.alone == 1
+        assert [c["ratio"] for c in db.checks(ids[0])] == [pytest.approx(1.0)]  # verify_best's, not the finals'
+        task.measurer = _Finals([], finalists=0)  # finals turned off
+        task.finish()
+        assert task.measurer.alone == 1
