@@ -65,8 +65,9 @@ class MeasureOptions:
     screen_ratio: float = 1.5
     # At the end of a tune the leading `finalists` trials are built again and timed head to head,
     # `finals_rounds` repeats each taken in turn, and re-ranked by that (tuner.TaskTuner.finals). Why:
-    # trials timed at separate moments of a VM whose speed drifts rank partly by their moment; the
-    # top 4 of 27 runs re-timed together had another winner in 12 (bench/RESULTS.md, 2026-12-01).
+    # trials timed at separate moments of a VM whose speed drifts rank partly by their moment, and
+    # the reported best should be a fresh build timed beside its rivals. (It changed the pick of 2 in
+    # 9 random-search tunes: bench/RESULTS.md, "Finals", 2026-12-01.) It costs 1-4 s a tune here.
     # Below 2: no finals; the best alone is measured again (TaskTuner.verify_best).
     finalists: int = 4
     finals_rounds: int = 7
@@ -339,7 +340,8 @@ class Measurer:
         if not ready:
             return records
         request = {"job": "time_together", "lib_paths": [built[i]["out_path"] for i in ready], "rounds": rounds,
-                   "arrays_path": self._arrays_path, "outputs": self._outputs, "min_repeat_ms": self.options.min_repeat_ms}
+                   "arrays_path": self._arrays_path, "outputs": self._outputs, "min_repeat_ms": self.options.min_repeat_ms,
+                   "slow_secs": self.options.slow_secs}
         try:
             answer = self._workers.run(request, timeout=self._run_timeout * len(ready))
         except WorkerDied as died:

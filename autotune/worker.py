@@ -140,13 +140,17 @@ def _time_in_turn(libs: list[Any], dev: Any, req: dict[str, Any],
     """Time loaded candidates in turn: req["rounds"] rounds, each timing every candidate once (a repeat of
     req["min_repeat_ms"]), starting one candidate later each round, each at a new placement of its arrays and
     with its outputs checked. So every candidate is timed in the same moments as the others: their latencies
-    compare head to head, which separately timed trials on a VM whose speed drifts do not."""
+    compare head to head, which separately timed trials on a VM whose speed drifts do not. A candidate
+    slower than req["slow_secs"] in the first round takes a third of the rounds (at least 2), as `run`
+    gives such candidates fewer repeats."""
     expected, outputs, inputs = _reference_inputs(req)
     results = [{"status": "ok", "latencies": [], "error": ""} for _ in libs]
     numbers = [1] * len(libs)
+    slow_rounds = max(2, req["rounds"] // 3)
     for r in range(req["rounds"]):
         for i in [(r + j) % len(libs) for j in range(len(libs))]:
-            if results[i]["status"] != "ok":
+            timed = results[i]["latencies"]
+            if results[i]["status"] != "ok" or (timed and timed[0] >= req["slow_secs"] and len(timed) >= slow_rounds):
                 continue
             args = place(inputs)
             timer = libs[i].time_evaluator("main", dev, number=numbers[i], repeat=1, min_repeat_ms=req["min_repeat_ms"])

@@ -100,12 +100,16 @@ def test_candidates_timed_together_take_their_rounds_in_turn_and_are_each_checke
     worker = WorkerProcess("runner", threads=1)
     try:
         answer = worker.call({"job": "time_together", "lib_paths": [good, wrong, also_good], "arrays_path": arrays,
-                              "outputs": [1], "rounds": 4, "min_repeat_ms": 1}, timeout=60)
+                              "outputs": [1], "rounds": 6, "min_repeat_ms": 1, "slow_secs": 0.2}, timeout=60)
+        # kernels slower than slow_secs take a third of the rounds
+        slow = worker.call({"job": "time_together", "lib_paths": [good, also_good], "arrays_path": arrays,
+                            "outputs": [1], "rounds": 6, "min_repeat_ms": 1, "slow_secs": 0.0}, timeout=60)
     finally:
         worker.kill()
     assert answer["ok"] is True
-    assert [(r["status"], len(r["latencies"])) for r in answer["results"]] == [("ok", 4), ("wrong_result", 1), ("ok", 4)]
+    assert [(r["status"], len(r["latencies"])) for r in answer["results"]] == [("ok", 6), ("wrong_result", 1), ("ok", 6)]
     assert "differs" in answer["results"][1]["error"] and all(x > 0 for x in answer["results"][0]["latencies"])
+    assert [len(r["latencies"]) for r in slow["results"]] == [2, 2]
 
 
 def test_each_repeat_sees_the_arrays_at_another_aligned_placement():
