@@ -446,8 +446,9 @@ def _draw_block(rule: BlockRule, config: SpaceConfig, rng: random.Random, jobs: 
     `registers`: the target's SIMD registers, which a register tile's accumulators should fit in."""
     if rule.rule == "tile":
         axis = rng.choice(vector_axes(rule, config))
-        spatial = [_draw_tile(e, config.spatial_levels, config, rng, vectorized=(i == axis))
-                   for i, e in enumerate(rule.spatial)]
+        last = len(rule.spatial) - 1  # never padded: it is the vector loop when another axis's falls back to it
+        spatial = [_draw_tile(e, config.spatial_levels, config, rng, vectorized=(i == axis),
+                              may_pad=(i not in (axis, last))) for i, e in enumerate(rule.spatial)]
         _widen_outer_tiles(spatial, jobs, axis, rng)
         if registers is not None and config.accumulator_register_share > 0:
             accumulators = max(1, int(registers.count * config.accumulator_register_share))
@@ -643,20 +644,34 @@ def _rfactor_of(d: dict[str, Any]) -> int:
     return int(d.get("rfactor", 1))
 
 
-def _draw_tile(extent: int, levels: int, config: SpaceConfig, rng: random.Random, vectorized: bool = False) -> list[int]:
-    """Factors (outermost first) whose product is the extent, so every shape tiles exactly."""
+def _draw_tile(extent: int, levels: int, config: SpaceConfig, rng: random.Random, vectorized: bool = False,
+               may_pad: bool = False) -> list[int]:
+    """Factors (outermost first) whose product is the extent, so every shape tiles exactly; or,
+    when `may_pad` (a spatial loop that is not the vector loop), with config.padded_tile_probability,
+    an innermost factor that does not divide it (`_padded_inner_factors`) and outer factors whose
+    product makes the padded extent: the smallest multiple of that factor above the extent."""
     divisors = _divisors(extent)
     inner_choices = [d for d in divisors if d <= config.max_innermost_factor]
     preferred = [d for d in config.vector_factors if extent % d == 0]
+    padded = _padded_inner_factors(extent, config) if may_pad else []
     if vectorized and preferred and rng.random() < config.vector_factor_probability:
         inner_choices = preferred
+    elif padded and rng.random() < config.padded_tile_probability:
+        inner_choices = padded
     factors = [rng.choice(inner_choices)]
-    rest = extent // factors[0]
+    rest = -(-extent // factors[0])
     for _ in range(levels - 2):
         factors.append(rng.choice(_divisors(rest)))
         rest //= factors[-1]
     factors.append(rest)
     return list(reversed(factors))
+
+
+def _padded_inner_factors(extent: int, config: SpaceConfig) -> list[int]:
+    """The configured innermost tiles that do not divide `extent` and whose last tile runs past it by at
+    most config.max_padding_waste of it (the loop is then split with a predicate on the rest)."""
+    return [f for f in config.padded_inner_factors
+            if extent % f and f < extent and (-extent % f) <= config.max_padding_waste * extent]
 
 
 def _divisors(n: int) -> list[int]:

@@ -31,6 +31,9 @@ _SCHEMA: dict[str, dict[str, tuple[type, type | None]]] = {
         "accumulator_register_share": (float, None),
         "pack_levels": (list, int),
         "panel_pack_probability": (float, None),
+        "padded_tile_probability": (float, None),
+        "padded_inner_factors": (list, int),
+        "max_padding_waste": (float, None),
     },
     "loops": {"vector_factors": (list, int), "reduction_vector_factors": (list, int)},
     "compute_location": {"enabled": (bool, None)},
@@ -54,6 +57,9 @@ class SpaceConfig:
     accumulator_register_share: float  # draws keep a register tile's accumulators in this share of the SIMD registers
     pack_levels: tuple[int, ...]  # 0: no packing; L: strided operands packed after the L-th letter's loops
     panel_pack_probability: float  # draws pack contiguous panels (a matmul's B[k, j]) this often
+    padded_tile_probability: float  # draws give a non-vector loop an innermost tile that does not divide it this often
+    padded_inner_factors: tuple[int, ...]  # the innermost tiles such draws choose from
+    max_padding_waste: float  # ... when the iterations the last tile runs past the extent are at most this share
     loop_vector_factors: tuple[int, ...]
     reduction_vector_factors: tuple[int, ...]
     compute_location: bool
@@ -135,6 +141,9 @@ def _check_values(data: dict[str, Any], path: Path) -> None:
         "tiling.accumulator_register_share": not 0.0 <= tiling["accumulator_register_share"] <= 1.0,
         "tiling.pack_levels": not all(0 <= v < len(structure) for v in tiling["pack_levels"]),
         "tiling.panel_pack_probability": not 0.0 <= tiling["panel_pack_probability"] <= 1.0,
+        "tiling.padded_tile_probability": not 0.0 <= tiling["padded_tile_probability"] <= 1.0,
+        "tiling.padded_inner_factors": min(tiling["padded_inner_factors"], default=2) < 2,
+        "tiling.max_padding_waste": not 0.0 <= tiling["max_padding_waste"] < 1.0,
         "loops.vector_factors": min(data["loops"]["vector_factors"]) < 1,
         "loops.reduction_vector_factors": min(data["loops"]["reduction_vector_factors"]) < 1,
         "unroll.max_steps": min(data["unroll"]["max_steps"]) < 0,
@@ -160,6 +169,9 @@ def _to_config(data: dict[str, Any], path: Path) -> SpaceConfig:
         accumulator_register_share=float(tiling["accumulator_register_share"]),
         pack_levels=tuple(tiling["pack_levels"]),
         panel_pack_probability=float(tiling["panel_pack_probability"]),
+        padded_tile_probability=float(tiling["padded_tile_probability"]),
+        padded_inner_factors=tuple(tiling["padded_inner_factors"]),
+        max_padding_waste=float(tiling["max_padding_waste"]),
         loop_vector_factors=tuple(data["loops"]["vector_factors"]),
         reduction_vector_factors=tuple(data["loops"]["reduction_vector_factors"]),
         compute_location=data["compute_location"]["enabled"],

@@ -406,10 +406,61 @@ def test_the_vector_axis_can_be_kept_last():
 def test_tiles_of_the_vectorized_loop_multiply_to_the_extent():
     space = SearchSpace(ops.make("matmul", "127,100,33"))
     rng = random.Random(5)
+    waste = space.config.max_padding_waste
     for _ in range(20):
         tile = space._draw(rng)["blocks"]["C"]
-        for factors, extent in zip(tile["spatial"] + tile["reduction"], (127, 100, 33)):
-            assert int(np.prod(factors)) == extent
+        axis = tile.get("vector_axis", 1)
+        for i, (factors, extent) in enumerate(zip(tile["spatial"] + tile["reduction"], (127, 100, 33))):
+            if i in (axis, 1, 2):  # the vector loop, the last loop and the reduction tile exactly
+                assert int(np.prod(factors)) == extent
+            else:  # another loop's last tile may run past its end (a padded register tile)
+                assert extent <= int(np.prod(factors)) <= extent * (1 + waste)
+
+
+def test_draws_pad_other_loops_than_the_vector_loop_with_the_configured_probability():
+    space = SearchSpace(ops.make("matmul", "512,512,64"))
+    rng = random.Random(0)
+
+    def padded_share(probability: float) -> float:
+        space.config = replace(space.config, padded_tile_probability=probability, vector_axes="last")
+        drawn = [space.constrain(space._draw(rng))["blocks"]["C"] for _ in range(200)]
+        assert all(int(np.prod(d["spatial"][1])) == 512 for d in drawn)  # the vector loop: exact
+        rows = [int(np.prod(d["spatial"][0])) for d in drawn]
+        assert all(512 <= r <= 512 * (1 + space.config.max_padding_waste) for r in rows)
+        return sum(r > 512 for r in rows) / len(rows)
+
+    assert padded_share(0.0) == 0 and padded_share(1.0) == 1
+    assert 0.1 < padded_share(0.25) < 0.4
+    assert SearchSpace(ops.make("matmul", "10,16,8")).config.padded_inner_factors  # the default file pads
+    assert search_space._padded_inner_factors(10, space.config) == []  # 12 > 10; 3, 6, 7 waste over 1/8
+    assert search_space._padded_inner_factors(512, space.config) == [3, 5, 6, 7, 12, 24]
+
+
+@pytest.mark.parametrize("op,shape,options", [
+    ("matmul", "32,16,24", {}),
+    ("dense", "20,32,24", {"bias": "true", "epilogue": "relu"}),
+    ("batch_matmul", "2,20,16,24", {}),
+    ("conv2d_nchw", "1,8,10,10,16,3,3", {"bias": "true", "relu": "true"}),
+    ("depthwise_conv2d", "1,8,10,10,3,3", {}),
+])
+def test_register_tiles_that_do_not_divide_their_loop_compute_the_reference(op, shape, options, target):
+    workload = ops.make(op, shape, **options)
+    space = SearchSpace(workload)
+    space.config = replace(space.config, padded_tile_probability=1.0, max_padding_waste=0.5)
+    inputs = workload.random_inputs(seed=1)
+    expected = _run(workload.mod, workload, target, inputs)
+    rng = random.Random(0)
+    padded = 0
+    for _ in range(6):
+        candidate = space.sample(rng)
+        for rule in space.rules:
+            tile = candidate.decisions["blocks"].get(rule.block, {})
+            padded += any(int(np.prod(f)) > e for f, e in zip(tile.get("spatial", []), rule.spatial))
+        sch = apply_candidate(space, candidate)
+        _assert_vector_loops_are_innermost(sch.mod.script(), candidate)
+        for got, want in zip(_run(sch.mod, workload, target, inputs), expected):
+            np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3, err_msg=json.dumps(candidate.decisions))
+    assert padded >= 3
 
 
 @pytest.mark.parametrize("op,shape", [("depthwise_conv2d", "1,8,12,12,3,3"), ("matmul", "12,40,24"), ("softmax", "12,40")])

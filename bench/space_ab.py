@@ -1,0 +1,91 @@
+"""Benchmark: the default search space against a variant of it, by what tuning finds in each.
+
+    python bench/space_ab.py --variant padded_tile_probability=0            # matmul 512^3, seeds 0-2
+    python bench/space_ab.py --variant panel_pack_probability=0 --workloads matmul_1024 dense --seeds 0 1
+
+For each workload (bench/compare.py's suite names) and seed: `autotune.tune` with the default
+space (search_spaces/cpu.toml) and with the variant (SpaceConfig fields set as given), same
+strategy, trials and seed, each into a fresh database. Then each run's best (finals included) is
+built and all of them are timed head to head with PyTorch (compare.time_interleaved, 8
+placements, medians), so the two arms are compared in the same moments of the machine.
+
+Columns: per seed, the default's and the variant's best (ms) and variant/default (> 1: the
+default space found the faster kernel); PyTorch (ms). The last line is the geomean over all runs.
+"""
+
+# ruff: noqa: E402
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare  # sets TVM_NUM_THREADS before tvm is imported
+
+import argparse
+import dataclasses
+import statistics
+import tempfile
+import time
+
+import autotune
+from autotune import ops
+from autotune.space_config import SpaceConfig, load_space_config
+from autotune.tuner import STRATEGIES
+
+
+def variant_config(base: SpaceConfig, assignments: list[str]) -> SpaceConfig:
+    """`base` with fields set from "name=value" strings (value parsed as the field's current type)."""
+    changes = {}
+    for text in assignments:
+        name, _, value = text.partition("=")
+        current = getattr(base, name)  # an unknown name is an AttributeError, which names it
+        changes[name] = tuple(int(v) for v in value.split(",") if v) if isinstance(current, tuple) else type(current)(value)
+    return dataclasses.replace(base, **changes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", nargs="+", required=True, help="SpaceConfig fields to change, as name=value")
+    parser.add_argument("--workloads", nargs="+", default=["matmul_512"], choices=list(compare.SUITE))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--trials", type=int, default=64)
+    parser.add_argument("--strategy", default="random", choices=STRATEGIES)
+    args = parser.parse_args(argv)
+    hw = autotune.resolve_target("llvm")
+    default = load_space_config()
+    arms = {"default": default, "variant": variant_config(default, args.variant)}
+    print(f"# space_ab: variant {' '.join(args.variant)}; {args.trials} trials, {args.strategy}, seeds {args.seeds}; "
+          f"{hw.fingerprint.get('model_name')} ({hw.num_cores} cores), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print("| workload | seed | default ms | variant ms | variant/default | PyTorch ms |")
+    print("|---|---|---|---|---|---|")
+    ratios = []
+    with tempfile.TemporaryDirectory(prefix="space-ab-") as tmp:
+        for name in args.workloads:
+            op, shape, _, options = compare.SUITE[name]
+            workload = ops.make(op, shape, **options)
+            ref = compare.reference(workload, hw)
+            timers, seeds = {}, []
+            for seed in args.seeds:
+                for arm, config in arms.items():
+                    db = os.path.join(tmp, f"{name}-{arm}-{seed}.db")
+                    autotune.tune(workload, target=hw, trials=args.trials, database=db, space=config,
+                                  strategy=args.strategy, seed=seed)
+                    mod = autotune.apply_best(workload, target=hw, database=db, space=config)
+                    timers[f"{arm}-{seed}"] = compare.tvm_timer(f"{arm}-{seed}", mod, hw, ref)
+                seeds.append(seed)
+            torch = compare.torch_timer(op, ref)
+            if not isinstance(torch, str):
+                timers["torch"] = torch
+            secs = {k: statistics.median(v) for k, v in compare.time_interleaved(timers, ref, compare.RETIME_PLACEMENTS).items()}
+            for seed in seeds:
+                base, other = secs[f"default-{seed}"], secs[f"variant-{seed}"]
+                ratios.append(other / base)
+                torch_ms = f"{secs['torch'] * 1e3:.3f}" if "torch" in secs else "-"
+                print(f"| {name} | {seed} | {base * 1e3:.3f} | {other * 1e3:.3f} | {other / base:.2f} | {torch_ms} |", flush=True)
+    print(f"geomean variant/default over {len(ratios)} runs: {compare.geomean(ratios):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
