@@ -146,7 +146,9 @@ def export_metaschedule(
 
     `target` is what `resolve_target` accepts, or the key of a target stored in the database.
     Returns how many records were written. Existing MetaSchedule files there are an error
-    unless `overwrite` (MetaSchedule itself would append duplicates to them).
+    unless `overwrite` (MetaSchedule itself would append duplicates to them). MetaSchedule's
+    records carry run times only, not the ranking our finals made (TrialRecord.ranking_latency):
+    MetaSchedule, and autotune after importing them back, rank them by their recorded times.
     """
     out = Path(out_dir)
     paths = [out / WORKLOAD_FILE, out / RECORD_FILE]

@@ -2,10 +2,11 @@
 
     python bench/space_ab.py --variant padded_tile_probability=0            # matmul 512^3, seeds 0-2
     python bench/space_ab.py --variant panel_pack_probability=0 --workloads matmul_1024 dense --seeds 0 1
+    python bench/space_ab.py --variant-strategy model                       # same space: model vs random
 
 For each workload (bench/compare.py's suite names) and seed: `autotune.tune` with the default
-space (search_spaces/cpu.toml) and with the variant (SpaceConfig fields set as given), same
-strategy, trials and seed, each into a fresh database. Then each run's best (finals included) is
+space (search_spaces/cpu.toml) and with the variant (SpaceConfig fields set as given, and/or
+another strategy: --variant-strategy), same trials and seed, each into a fresh database. Then each run's best (finals included) is
 built and all of them are timed head to head with PyTorch (compare.time_interleaved, 8
 placements, medians), so the two arms are compared in the same moments of the machine.
 
@@ -46,7 +47,8 @@ def variant_config(base: SpaceConfig, assignments: list[str]) -> SpaceConfig:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variant", nargs="+", required=True, help="SpaceConfig fields to change, as name=value")
+    parser.add_argument("--variant", nargs="*", default=[], help="SpaceConfig fields to change, as name=value")
+    parser.add_argument("--variant-strategy", choices=STRATEGIES, help="the variant's strategy (default: --strategy)")
     parser.add_argument("--workloads", nargs="+", default=["matmul_512"], choices=list(compare.SUITE))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=64)
@@ -54,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     hw = autotune.resolve_target("llvm")
     default = load_space_config()
-    arms = {"default": default, "variant": variant_config(default, args.variant)}
-    print(f"# space_ab: variant {' '.join(args.variant)}; {args.trials} trials, {args.strategy}, seeds {args.seeds}; "
+    arms = {"default": (default, args.strategy),
+            "variant": (variant_config(default, args.variant), args.variant_strategy or args.strategy)}
+    print(f"# space_ab: variant {' '.join(args.variant) or 'default space'}, {arms['variant'][1]}; against "
+          f"{args.strategy}; {args.trials} trials, seeds {args.seeds}; "
           f"{hw.fingerprint.get('model_name')} ({hw.num_cores} cores), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print("| workload | seed | default ms | variant ms | variant/default | PyTorch ms |")
     print("|---|---|---|---|---|---|")
@@ -67,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             ref = compare.reference(workload, hw)
             timers, seeds = {}, []
             for seed in args.seeds:
-                for arm, config in arms.items():
+                for arm, (config, strategy) in arms.items():
                     db = os.path.join(tmp, f"{name}-{arm}-{seed}.db")
                     autotune.tune(workload, target=hw, trials=args.trials, database=db, space=config,
-                                  strategy=args.strategy, seed=seed)
+                                  strategy=strategy, seed=seed)
                     mod = autotune.apply_best(workload, target=hw, database=db, space=config)
                     timers[f"{arm}-{seed}"] = compare.tvm_timer(f"{arm}-{seed}", mod, hw, ref)
                 seeds.append(seed)
