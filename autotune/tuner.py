@@ -227,9 +227,11 @@ class TaskTuner:
         flagged "unstable"; when none runs (the job failed as a whole), nothing is stored.
         """
         options = self.measurer.options
+        if options.finalists < 2:
+            return None
         top = [r for r in self.db.top_k(self.workload.key, self.target.key, options.finalists)
                if r.decisions and r.id is not None]
-        if options.finalists < 2 or len(top) < 2:
+        if len(top) < 2:
             return None
         timed = self.measurer.time_together([Candidate(r.decisions) for r in top], options.finals_rounds)
         ratios = [again.latency / _ranked_by(r) for r, again in zip(top, timed) if again.latency]
