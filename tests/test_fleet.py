@@ -146,6 +146,13 @@ def test_tune_through_two_devices_records_describe_the_device(fleet, db_path):
     assert len(origins) == 2 and all("127.0.0.1:" in o for o in origins), origins  # both devices measured
     with Database(db_path) as db:
         assert db.target_row(device.key)["fingerprint"] == device.fingerprint
+        # The finals ran on a device (rpc_time_together), not the fallback re-measuring the best alone:
+        # the four leaders each keep one check of finals_rounds timings.
+        ranked = db.top_k(result.workload.key, device.key, 12)
+        finals = [db.checks(r.id) for r in ranked[:4]]
+    rounds = autotune.MeasureOptions().finals_rounds
+    assert [[len(c["latencies"]) for c in checks] for checks in finals] == [[rounds]] * 4, finals
+    assert ranked[0].id == result.best.id
     # The fleet's best applies on an identical device, and computes the right thing.
     mod = autotune.apply_best(te_matmul(), ONE_CORE, db_path)
     a, b = np.random.rand(64, 32).astype("float32"), np.random.rand(32, 48).astype("float32")
