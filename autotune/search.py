@@ -21,8 +21,8 @@ import numpy as np
 from .cost_model import CostModel, latency_or_nan
 from .features import FeatureExtractor
 from .records import TrialRecord
-from .search_space import (Candidate, SearchSpace, draw_tile_level, redraw_vector_axis, rfactor_choices,
-                           smallest_prime_factor)
+from .search_space import (Candidate, SearchSpace, draw_tile_level, redraw_register_tile, redraw_vector_axis,
+                           rfactor_choices, smallest_prime_factor)
 
 # How many consecutive duplicate draws mean that the space is (nearly) exhausted.
 _MAX_DUPLICATE_DRAWS = 200
@@ -199,9 +199,11 @@ def _mutate_block(block: dict[str, Any], rule: Any, space: SearchSpace, rng: ran
     """Change one decision of a block in place: move a factor between tile levels, or redraw a choice."""
     config = space.config
     if "spatial" in block:
-        choice = rng.choice(["tile", "tile", "tile", "write_level", "accumulator", "vector_axis", "pack"])
+        choice = rng.choice(["tile", "tile", "tile", "register_tile", "write_level", "accumulator", "vector_axis", "pack"])
         if choice == "tile":
             _move_factor(block, rng)
+        elif choice == "register_tile":
+            redraw_register_tile(rule, block, config, rng, space.registers)
         elif choice == "write_level":
             block["write_level"] = rng.choice(config.write_levels)
         elif choice == "accumulator":

@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import random
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
@@ -450,9 +451,7 @@ def _draw_block(rule: BlockRule, config: SpaceConfig, rng: random.Random, jobs: 
         spatial = [_draw_tile(e, config.spatial_levels, config, rng, vectorized=(i == axis),
                               may_pad=(i not in (axis, last))) for i, e in enumerate(rule.spatial)]
         _widen_outer_tiles(spatial, jobs, axis, rng)
-        if registers is not None and config.accumulator_register_share > 0:
-            accumulators = max(1, int(registers.count * config.accumulator_register_share))
-            _fit_register_file(spatial, axis, accumulators, registers.lanes(rule.accumulator_bits))
+        _fit_register_share(rule, spatial, axis, config, registers)
         return {
             "spatial": spatial,
             "reduction": [_draw_tile(e, config.reduction_levels, config, rng) for e in rule.reduction],
@@ -493,6 +492,42 @@ def redraw_vector_axis(rule: BlockRule, d: dict[str, Any], config: SpaceConfig, 
     axis = rng.choice(vector_axes(rule, config))
     d["vector_axis"] = axis
     d["spatial"][axis] = _draw_tile(rule.spatial[axis], config.spatial_levels, config, rng, vectorized=True)
+
+
+def redraw_register_tile(rule: BlockRule, d: dict[str, Any], config: SpaceConfig, rng: random.Random,
+                         registers: VectorRegisters | None = None) -> None:
+    """Give one spatial loop of a tiled block, other than its vector loop and the last, a new innermost
+    tile: another divisor, or (where the loop may pad, see `_draw_tile`) a padded factor.
+
+    Moving prime factors between levels keeps a loop's product, so it never pads a loop nor unpads
+    one: without this the search could not go from the 4 x 16 register tiles it finds to the 6 x 16
+    ones that hold 12 accumulators. The outer levels keep, from the inside out, what of their
+    factors divides what is left; the outermost takes the rest. With `registers`, the tile is then
+    fitted to the register file as a draw is (`_fit_register_share`)."""
+    axis, last = vector_axis(d), len(rule.spatial) - 1
+    loops = [i for i in range(len(rule.spatial)) if i not in (axis, last)]
+    if not loops:
+        return
+    i = rng.choice(loops)
+    extent, old = rule.spatial[i], d["spatial"][i]
+    choices = [f for f in _divisors(extent) if f <= config.max_innermost_factor and f != old[-1]]
+    padded = [f for f in _padded_inner_factors(extent, config) if f != old[-1]]
+    if padded and (not choices or rng.random() < 0.5):
+        choices = padded
+    if not choices:
+        return
+    d["spatial"][i] = _refactored(old, extent, rng.choice(choices))
+    _fit_register_share(rule, d["spatial"], axis, config, registers)
+
+
+def _refactored(factors: list[int], extent: int, inner: int) -> list[int]:
+    """Tile factors (outermost first) with innermost `inner` covering `extent` (padded when `inner`
+    does not divide it), the middle levels keeping what of their old factors divides what is left."""
+    rest, inside_out = -(-extent // inner), [inner]
+    for old in reversed(factors[1:-1]):
+        inside_out.append(math.gcd(old, rest))
+        rest //= inside_out[-1]
+    return [rest, *reversed(inside_out)]
 
 
 def vector_axis(d: dict[str, Any]) -> int:
@@ -565,6 +600,15 @@ def _shrink_register_tile(spatial: list[list[int]], vector_axis: int, limit: int
         prime = smallest_prime_factor(spatial[axis][-1])
         spatial[axis][-1] //= prime
         spatial[axis][-2] *= prime
+
+
+def _fit_register_share(rule: BlockRule, spatial: list[list[int]], vector_axis: int, config: SpaceConfig,
+                        registers: VectorRegisters | None) -> None:
+    """Fit a register tile's accumulators in config.accumulator_register_share of the target's SIMD
+    registers (`_fit_register_file`); nothing to do for an unknown register file or a zero share."""
+    if registers is not None and config.accumulator_register_share > 0:
+        accumulators = max(1, int(registers.count * config.accumulator_register_share))
+        _fit_register_file(spatial, vector_axis, accumulators, registers.lanes(rule.accumulator_bits))
 
 
 def _fit_register_file(spatial: list[list[int]], vector_axis: int, registers: int, lanes: int) -> None:

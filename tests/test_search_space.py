@@ -436,6 +436,50 @@ def test_draws_pad_other_loops_than_the_vector_loop_with_the_configured_probabil
     assert search_space._padded_inner_factors(512, space.config) == [3, 5, 6, 7, 12, 24]
 
 
+def test_a_register_tile_mutation_pads_and_unpads_a_loop_keeping_the_inner_levels():
+    """Moving factors keeps each loop's product, so only this mutation goes from 4 x 16 to 6 x 16 and back."""
+    space = SearchSpace(ops.make("matmul", "512,512,64"))
+    rule = space.rules[0]
+    rng = random.Random(0)
+    start = {"spatial": [[8, 16, 4], [8, 4, 16]], "reduction": [[4, 16]], "write_level": 1, "accumulator": "local"}
+    seen = set()
+    for _ in range(60):
+        d = json.loads(json.dumps(start))
+        search_space.redraw_register_tile(rule, d, space.config, rng)
+        rows, cols = d["spatial"]
+        assert cols == start["spatial"][1]  # the vector loop is not touched
+        assert 512 <= int(np.prod(rows)) <= 512 * (1 + space.config.max_padding_waste)
+        assert rows[-1] != 4 and (512 % rows[-1] == 0 or rows[-1] in space.config.padded_inner_factors)
+        seen.add(rows[-1])
+    assert {6, 12} <= seen and 2 in seen  # padded ones and exact ones
+    assert search_space._refactored([8, 16, 4], 512, 6) == [43, 2, 6]  # 86 rows of 6: the middle keeps gcd(16, 86)
+    assert search_space._refactored([43, 2, 6], 512, 4) == [64, 2, 4]  # and back to an exact tile
+    # With AVX2's register file (12 of its 16 registers for accumulators, 2 per row of 16 lanes),
+    # a tile of 12 or 24 rows is shrunk as a draw's would be: 6 rows at most.
+    avx2 = VectorRegisters(count=16, bytes=32)
+    for _ in range(40):
+        d = json.loads(json.dumps(start))
+        search_space.redraw_register_tile(rule, d, space.config, rng, avx2)
+        assert d["spatial"][0][-1] <= 6 and 512 <= int(np.prod(d["spatial"][0])) <= 576
+
+
+def test_register_tile_mutations_of_drawn_candidates_compute_the_reference(target):
+    workload = ops.make("matmul", "32,16,24")
+    space = SearchSpace(workload, registers=VectorRegisters(count=16, bytes=32))
+    inputs = workload.random_inputs(seed=2)
+    expected = _run(workload.mod, workload, target, inputs)
+    rng = random.Random(3)
+    rows = set()
+    for _ in range(5):
+        decisions = space.sample(rng).decisions
+        search_space.redraw_register_tile(space.rules[0], decisions["blocks"]["C"], space.config, rng, space.registers)
+        candidate = search_space.Candidate(space.constrain(decisions))
+        rows.add(int(np.prod(candidate.decisions["blocks"]["C"]["spatial"][0])))
+        for got, want in zip(_run(apply_candidate(space, candidate).mod, workload, target, inputs), expected):
+            np.testing.assert_allclose(got, want, rtol=1e-4, err_msg=json.dumps(candidate.decisions))
+    assert len(rows) > 1  # some padded, some exact
+
+
 @pytest.mark.parametrize("op,shape,options", [
     ("matmul", "32,16,24", {}),
     ("dense", "20,32,24", {"bias": "true", "epilogue": "relu"}),
