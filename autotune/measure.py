@@ -21,6 +21,7 @@ import select
 import subprocess
 import sys
 import tempfile
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,11 +64,12 @@ class MeasureOptions:
     # stops there (one repeat instead of `repeat`): it cannot become the best, and its one repeat of
     # min_repeat_ms is precise enough to rank it for the cost model. 0 times every repeat.
     screen_ratio: float = 1.5
-    # At the end of a tune the leading `finalists` trials are built again and timed head to head,
-    # `finals_rounds` repeats each taken in turn, and re-ranked by that (tuner.TaskTuner.finals). Why:
-    # trials timed at separate moments of a VM whose speed drifts rank partly by their moment, and
-    # the reported best should be a fresh build timed beside its rivals. (It changed the pick of 2 in
-    # 9 random-search tunes: bench/RESULTS.md, "Finals", 2026-12-01.) It costs 1-4 s a tune here.
+    # At the end of a tune the leading `finalists` trials are timed head to head, `finals_rounds`
+    # repeats each taken in turn, and re-ranked by that (tuner.TaskTuner.finals). Why: trials timed
+    # at separate moments of a VM whose speed drifts rank partly by their moment, and the reported
+    # best should be timed beside its rivals. (It changed the pick of 2 in 9 random-search tunes:
+    # bench/RESULTS.md, "Finals", 2026-12-01.) It costs 1-4 s a tune here. The Measurer keeps the
+    # libraries of its own `finalists` fastest runs, so only leaders measured before it are rebuilt.
     # Below 2: no finals; the best alone is measured again (TaskTuner.verify_best).
     finalists: int = 4
     finals_rounds: int = 7
@@ -271,6 +273,9 @@ class Measurer:
         self._prepared = False
         self._run_timeout = self.options.run_timeout
         self._build_secs: list[float] = []  # of this workload's successful builds (see build_timeout_vs_median)
+        # The builds of the `finalists` fastest runs so far, by candidate key, kept for time_together.
+        self._kept: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._kept_lock = threading.Lock()  # a fleet's runs finish on several threads
 
     def __enter__(self) -> "Measurer":
         return self
@@ -326,14 +331,17 @@ class Measurer:
         """Build the candidates, then time them head to head in one job: `rounds` repeats each, taken in
         turn (worker._time_in_turn). Returns one record per candidate, in order.
 
-        Builds get the full build_timeout (these candidates built before). When the job fails as a
-        whole (a worker that dies in one kernel's code, a lost device), every built candidate's record
-        carries that failure: it cannot be told whose it was.
+        A candidate this Measurer ran among its fastest keeps its library (`_keep_if_leading`) and
+        is not built again; the others get the full build_timeout (they built before). When the job
+        fails as a whole (a worker that dies in one kernel's code, a lost device), every built
+        candidate's record carries that failure: it cannot be told whose it was.
         """
         if not self._prepared:
             self.prepare()
-        builds = [self._workers.threads.submit(self._build, c, True) for c in candidates]
-        built = [b.result() for b in builds]
+        with self._kept_lock:
+            kept = {c.key: self._kept.pop(c.key)[1] for c in candidates if c.key in self._kept}
+        builds = {c.key: self._workers.threads.submit(self._build, c, True) for c in candidates if c.key not in kept}
+        built = [kept[c.key] if c.key in kept else builds[c.key].result() for c in candidates]
         ready = [i for i, b in enumerate(built) if b.get("ok")]
         records = [TrialRecord(status=Status.BUILD_ERROR, error=b.get("error", ""), **self._fields(c, b))
                    for c, b in zip(candidates, built)]
@@ -428,13 +436,28 @@ class Measurer:
         try:
             answer = self._workers.run(request, timeout=self._run_timeout)
         except WorkerDied as died:
-            return TrialRecord(status=died.status, error=str(died), **record)
-        finally:
             _remove(built["out_path"])
+            return TrialRecord(status=died.status, error=str(died), **record)
         latencies = tuple(answer.get("latencies") or ())
         if answer.get("device"):  # measured on a device of the fleet: the record says which
             record["origin"] = _device_origin(answer)
-        return TrialRecord(status=_status(answer), latencies=latencies, error=answer.get("error", ""), **record)
+        done = TrialRecord(status=_status(answer), latencies=latencies, error=answer.get("error", ""), **record)
+        self._keep_if_leading(done, built)
+        return done
+
+    def _keep_if_leading(self, record: TrialRecord, built: dict[str, Any]) -> None:
+        """Keep the library of a run among this Measurer's `finalists` fastest (time_together would
+        otherwise build it again); remove the others' and the one it displaces."""
+        with self._kept_lock:
+            if record.status is Status.OK and record.latency is not None and self.options.finalists >= 2:
+                self._kept[record.candidate_key] = (record.latency, built)
+            leaders = sorted(self._kept, key=lambda key: self._kept[key][0])[: max(0, self.options.finalists)]
+            dropped = [self._kept.pop(key)[1] for key in list(self._kept) if key not in leaders]
+            kept = record.candidate_key in self._kept
+        for old in dropped:
+            _remove(old["out_path"])
+        if not kept:
+            _remove(built["out_path"])
 
 
 @functools.lru_cache(maxsize=1)

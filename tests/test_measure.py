@@ -150,6 +150,36 @@ def test_a_build_far_slower_than_the_workloads_usual_builds_is_stopped():
     assert stopped.status is Status.BUILD_ERROR and "median build" in stopped.error
 
 
+def test_finals_reuse_the_libraries_of_the_measurers_fastest_runs_and_build_only_the_others():
+    import os
+    import random
+
+    from autotune import ops
+    from autotune.measure import Measurer, MeasureOptions
+    from autotune.search_space import SearchSpace
+
+    space = SearchSpace(ops.make("matmul", "16,16,16"))
+    rng = random.Random(1)
+    candidates = list({c.key: c for c in (space.sample(rng) for _ in range(12))}.values())[:6]
+    options = MeasureOptions(repeat=2, min_repeat_ms=1, finalists=3, screen_ratio=0)
+    with Measurer(space, resolve_target("llvm"), options) as measurer:
+        builds: list[str] = []
+        build = measurer._build
+        measurer._build = lambda c, *a: builds.append(c.key) or build(c, *a)
+        records = list(measurer.measure(candidates))
+        assert len(builds) == 6 and all(r.status is Status.OK for r in records)
+        fastest = sorted(records, key=lambda r: r.latency)[:3]
+        libraries = sorted(os.listdir(measurer._tmp.name))
+        assert libraries == sorted([f"{r.candidate_key}.so" for r in fastest] + ["reference.npz"])  # the rest removed
+        slowest = next(c for c in candidates if c.key == max(records, key=lambda r: r.latency).candidate_key)
+        finals = measurer.time_together([*(next(c for c in candidates if c.key == r.candidate_key) for r in fastest),
+                                         slowest], rounds=3)
+        assert builds[6:] == [slowest.key]  # only the one whose library was not kept
+        assert [len(r.latencies) for r in finals] == [3] * 4 and all(r.status is Status.OK for r in finals)
+        assert [r.build_secs for r in finals[:3]] == [r.build_secs for r in fastest]  # their own builds
+        assert os.listdir(measurer._tmp.name) == ["reference.npz"]  # the finals' libraries removed after
+
+
 def _maps_torch(worker: WorkerProcess) -> bool:
     """Whether the worker process has PyTorch's library mapped (it is imported there)."""
     with open(f"/proc/{worker._proc.pid}/maps") as maps:
