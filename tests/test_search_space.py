@@ -454,6 +454,12 @@ def test_a_register_tile_mutation_pads_and_unpads_a_loop_keeping_the_inner_level
     assert {6, 12} <= seen and 2 in seen  # padded ones and exact ones
     assert search_space._refactored([8, 16, 4], 512, 6) == [43, 2, 6]  # 86 rows of 6: the middle keeps gcd(16, 86)
     assert search_space._refactored([43, 2, 6], 512, 4) == [64, 2, 4]  # and back to an exact tile
+    # A config that never pads (padded_tile_probability 0) is never padded by the mutation either.
+    exact = replace(space.config, padded_tile_probability=0.0)
+    for _ in range(30):
+        d = json.loads(json.dumps(start))
+        search_space.redraw_register_tile(rule, d, exact, rng)
+        assert int(np.prod(d["spatial"][0])) == 512
     # With AVX2's register file (12 of its 16 registers for accumulators, 2 per row of 16 lanes),
     # a tile of 12 or 24 rows is shrunk as a draw's would be: 6 rows at most.
     avx2 = VectorRegisters(count=16, bytes=32)
