@@ -497,8 +497,8 @@ def redraw_vector_axis(rule: BlockRule, d: dict[str, Any], config: SpaceConfig, 
 def redraw_register_tile(rule: BlockRule, d: dict[str, Any], config: SpaceConfig, rng: random.Random,
                          registers: VectorRegisters | None = None) -> None:
     """Give one spatial loop of a tiled block, other than its vector loop and the last, a new innermost
-    tile: another divisor, or (where the loop may pad, see `_draw_tile`, and the config pads at all)
-    a padded factor.
+    tile: another divisor, or, half the time where the loop may pad (see `_draw_tile`) and the
+    config pads at all, a padded factor.
 
     Moving prime factors between levels keeps a loop's product, so it never pads a loop nor unpads
     one: without this the search could not go from the 4 x 16 register tiles it finds to the 6 x 16

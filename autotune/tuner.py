@@ -216,15 +216,15 @@ class TaskTuner:
         latency, or None when no finals were held.
 
         Why: each trial was timed at its own moment, and this VM's speed drifts by up to 1.7x, so the
-        recorded best is partly the trial of the luckiest moment. The top `finalists` trials (by
-        ranking latency) are timed in turn, `finals_rounds` repeats each (Measurer.time_together,
-        which reuses the libraries of this tune's own leaders and builds the others), in the same moments. Their finals latencies, divided by the median
-        of their ratios to their ranking latencies, become their ranking latencies: the order among
-        the finalists is the head-to-head one, on the scale of the other trials' records. The
-        winner is then the best overall (its new ranking latency is at most the ranking latency
-        of the finalist at the median ratio, which no non-finalist beats), and later trials compare
-        with it as they would have with the records. A finalist that fails while another runs is
-        flagged "unstable"; when none runs (the job failed as a whole), nothing is stored.
+        recorded best is partly the trial of the luckiest moment. The top `finalists` trials (by ranking
+        latency) are timed in turn, `finals_rounds` repeats each (Measurer.time_together, which reuses
+        the libraries of this tune's own leaders and builds the others), in the same moments. Their
+        finals latencies, divided by the median of their ratios to their ranking latencies, become their
+        ranking latencies: the order among the finalists is the head-to-head one, on the scale of the
+        other trials' records. The winner is then the best overall (its new ranking latency is at most
+        the ranking latency of the finalist at the median ratio, which no non-finalist beats), and later
+        trials compare with it as they would have with the records. A finalist that fails while another
+        runs is flagged "unstable"; when none runs (the job failed as a whole), nothing is stored.
         """
         options = self.measurer.options
         if options.finalists < 2:

@@ -6,8 +6,8 @@
 
 For each workload (bench/compare.py's suite names) and seed: `autotune.tune` with the default
 space (search_spaces/cpu.toml) and with the variant (SpaceConfig fields set as given, and/or
-another strategy: --variant-strategy), same trials and seed, each into a fresh database. Then each run's best (finals included) is
-built and all of them are timed head to head with PyTorch (compare.time_interleaved, 8
+another strategy: --variant-strategy), same trials and seed, each into a fresh database. Then
+each run's best (finals included) is built and all of them are timed head to head with PyTorch (compare.time_interleaved, 8
 placements, medians), so the two arms are compared in the same moments of the machine.
 
 Columns: per seed, the default's and the variant's best (ms) and variant/default (> 1: the
