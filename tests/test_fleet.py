@@ -147,12 +147,13 @@ def test_tune_through_two_devices_records_describe_the_device(fleet, db_path):
     with Database(db_path) as db:
         assert db.target_row(device.key)["fingerprint"] == device.fingerprint
         # The finals ran on a device (rpc_time_together), not the fallback re-measuring the best alone:
-        # the four leaders each keep one check of finals_rounds timings.
+        # four leaders each keep one check of finals_rounds timings. (After the finals rescale, a
+        # trial that was not a finalist may rank among the top four, so look at every trial.)
         ranked = db.top_k(result.workload.key, device.key, 12)
-        finals = [db.checks(r.id) for r in ranked[:4]]
+        checked = {r.id: db.checks(r.id) for r in ranked if db.checks(r.id)}
     rounds = autotune.MeasureOptions().finals_rounds
-    assert [[len(c["latencies"]) for c in checks] for checks in finals] == [[rounds]] * 4, finals
-    assert ranked[0].id == result.best.id
+    assert sorted(len(c["latencies"]) for checks in checked.values() for c in checks) == [rounds] * 4, checked
+    assert ranked[0].id == result.best.id and result.best.id in checked
     # The fleet's best applies on an identical device, and computes the right thing.
     mod = autotune.apply_best(te_matmul(), ONE_CORE, db_path)
     a, b = np.random.rand(64, 32).astype("float32"), np.random.rand(32, 48).astype("float32")
