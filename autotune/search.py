@@ -21,8 +21,8 @@ import numpy as np
 from .cost_model import CostModel, latency_or_nan
 from .features import FeatureExtractor
 from .records import TrialRecord
-from .search_space import (Candidate, SearchSpace, draw_tile_level, redraw_register_tile, redraw_vector_axis,
-                           rfactor_choices, smallest_prime_factor)
+from .search_space import (Candidate, SearchSpace, draw_tile_level, draw_unroll, redraw_register_tile,
+                           redraw_vector_axis, rfactor_choices, smallest_prime_factor)
 
 # How many consecutive duplicate draws mean that the space is (nearly) exhausted.
 _MAX_DUPLICATE_DRAWS = 200
@@ -179,7 +179,7 @@ class ModelGuidedSearch(RandomSearch):
         decisions = copy.deepcopy(parent.decisions)
         blocks = decisions.get("blocks", {})
         if not blocks or self.rng.random() < 0.15:
-            decisions["unroll"] = self.rng.choice(self.space.config.unroll_steps)
+            decisions["unroll"] = draw_unroll(self.space.config, self.rng)
             return Candidate(decisions)
         name = self.rng.choice(sorted(blocks))
         rule = next(r for r in self.space.rules if r.block == name)

@@ -169,7 +169,7 @@ class SearchSpace:
     def _draw(self, rng: random.Random) -> dict[str, Any]:
         jobs = self.cores * self.config.min_parallel_per_core
         blocks = {r.block: _draw_block(r, self.config, rng, jobs, self.registers) for r in self.rules}
-        decisions = {"format": CANDIDATE_FORMAT, "blocks": blocks, "unroll": rng.choice(self.config.unroll_steps)}
+        decisions = {"format": CANDIDATE_FORMAT, "blocks": blocks, "unroll": draw_unroll(self.config, rng)}
         return self.constrain(decisions)
 
 
@@ -468,6 +468,13 @@ def _draw_block(rule: BlockRule, config: SpaceConfig, rng: random.Random, jobs: 
     if rule.rule == "compute_at":
         return {"depth": rng.choice(rule.depths), **loops}
     return loops
+
+
+def draw_unroll(config: SpaceConfig, rng: random.Random) -> int:
+    """An unroll pragma's max step, drawn by the config's weights. Why weights: the largest step
+    makes LLVM's builds 2-3x slower, and builds are most of a tune's time, so a space may trade
+    some of the kernels it finds for wall time (search_spaces/cpu.toml says what that cost)."""
+    return rng.choices(config.unroll_steps, weights=config.unroll_weights)[0]
 
 
 def draw_tile_level(config: SpaceConfig, rng: random.Random) -> int:

@@ -38,7 +38,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, type | None]]] = {
     "loops": {"vector_factors": (list, int), "reduction_vector_factors": (list, int)},
     "compute_location": {"enabled": (bool, None)},
     "parallel": {"min_iterations_per_core": (int, None)},
-    "unroll": {"max_steps": (list, int)},
+    "unroll": {"max_steps": (list, int), "weights": (list, float)},
 }
 
 
@@ -65,6 +65,7 @@ class SpaceConfig:
     compute_location: bool
     min_parallel_per_core: int  # draws give a block's parallel loop at least cores x this many iterations
     unroll_steps: tuple[int, ...]
+    unroll_weights: tuple[float, ...]  # relative draw weights of unroll_steps
     source: str
 
     @property
@@ -119,7 +120,8 @@ def _check_type(name: str, value: Any, kind: type, item: type | None, path: Path
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         ok = True
     if ok and kind is list:
-        ok = bool(value) and all(isinstance(v, item) and not isinstance(v, bool) for v in value)
+        items = (int, float) if item is float else item  # a weight may be written 2 as well as 2.0
+        ok = bool(value) and all(isinstance(v, items) and not isinstance(v, bool) for v in value)
     if not ok:
         expected = f"a non-empty list of {item.__name__}" if kind is list and item else kind.__name__
         raise SearchSpaceError(f"{path}: {name} must be {expected}, got {value!r}")
@@ -147,6 +149,8 @@ def _check_values(data: dict[str, Any], path: Path) -> None:
         "loops.vector_factors": min(data["loops"]["vector_factors"]) < 1,
         "loops.reduction_vector_factors": min(data["loops"]["reduction_vector_factors"]) < 1,
         "unroll.max_steps": min(data["unroll"]["max_steps"]) < 0,
+        "unroll.weights": (len(data["unroll"]["weights"]) != len(data["unroll"]["max_steps"])
+                           or min(data["unroll"]["weights"]) < 0 or sum(data["unroll"]["weights"]) <= 0),
         "parallel.min_iterations_per_core": data["parallel"]["min_iterations_per_core"] < 1,
     }
     for key, bad in problems.items():
@@ -177,5 +181,6 @@ def _to_config(data: dict[str, Any], path: Path) -> SpaceConfig:
         compute_location=data["compute_location"]["enabled"],
         min_parallel_per_core=data["parallel"]["min_iterations_per_core"],
         unroll_steps=tuple(data["unroll"]["max_steps"]),
+        unroll_weights=tuple(float(w) for w in data["unroll"]["weights"]),
         source=str(path),
     )

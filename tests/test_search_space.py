@@ -355,6 +355,16 @@ def test_draws_pack_panels_with_the_configured_probability():
     assert 0.1 < packed_share(0.25) < 0.4
 
 
+def test_unroll_steps_are_drawn_by_their_weights():
+    space = SearchSpace(ops.make("matmul", "64,64,64"))
+    rng = random.Random(0)
+    space.config = replace(space.config, unroll_steps=(0, 512), unroll_weights=(3.0, 1.0))
+    drawn = [space._draw(rng)["unroll"] for _ in range(400)]
+    assert set(drawn) == {0, 512} and 0.15 < drawn.count(512) / len(drawn) < 0.35
+    space.config = replace(space.config, unroll_weights=(1.0, 0.0))
+    assert {space._draw(rng)["unroll"] for _ in range(50)} == {0}
+
+
 def test_candidates_from_before_vector_axes_and_packing_keep_their_keys():
     space = SearchSpace(ops.make("dense", "16,32,24"))
     tile = {"spatial": [[1, 2, 4, 2], [1, 2, 2, 8]], "reduction": [[3, 8]], "write_level": 1, "accumulator": "local"}
@@ -633,6 +643,9 @@ def _write_variant(tmp_path, old, new):
          "unknown key loops.reduction_vector_factor"),
         ("reduction_vector_factors = [1, 4, 8, 16, 32, 64]\n", "", "missing key loops.reduction_vector_factors"),
         ("[unroll]", "[unrolling]", "unknown section"),
+        ("weights = [1, 1, 1, 1]", "weights = [1, 1]", "unroll.weights has an invalid value"),
+        ("weights = [1, 1, 1, 1]", "weights = [0, 0, 0, 0]", "unroll.weights has an invalid value"),
+        ("weights = [1, 1, 1, 1]", 'weights = ["2", 2, 2, 1]', "unroll.weights must be a non-empty list of float"),
         ('structure = "SSRSRS"', 'structure = "SXR"', "tiling.structure"),
         ("write_levels = [1, 2]", "write_levels = [7]", "tiling.write_levels"),
         ("enabled = true\n", "", "missing key compute_location.enabled"),
