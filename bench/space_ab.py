@@ -42,7 +42,10 @@ def variant_config(base: SpaceConfig, assignments: list[str]) -> SpaceConfig:
     for text in assignments:
         name, _, value = text.partition("=")
         current = getattr(base, name)  # an unknown name is an AttributeError, which names it
-        changes[name] = tuple(int(v) for v in value.split(",") if v) if isinstance(current, tuple) else type(current)(value)
+        if isinstance(current, tuple):  # elements parsed as the current ones: unroll_weights=2,2,2,0.5
+            changes[name] = tuple(type(current[0])(v) for v in value.split(",") if v)
+        else:
+            changes[name] = type(current)(value)
     return dataclasses.replace(base, **changes)
 
 

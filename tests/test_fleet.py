@@ -150,7 +150,7 @@ def test_tune_through_two_devices_records_describe_the_device(fleet, db_path):
         # four leaders each keep one check of finals_rounds timings. (After the finals rescale, a
         # trial that was not a finalist may rank among the top four, so look at every trial.)
         ranked = db.top_k(result.workload.key, device.key, 12)
-        checked = {r.id: db.checks(r.id) for r in ranked if db.checks(r.id)}
+        checked = {r.id: checks for r in ranked if (checks := db.checks(r.id))}
     rounds = autotune.MeasureOptions().finals_rounds
     assert sorted(len(c["latencies"]) for checks in checked.values() for c in checks) == [rounds] * 4, checked
     assert ranked[0].id == result.best.id and result.best.id in checked
