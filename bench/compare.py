@@ -105,7 +105,7 @@ EXTRA: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "softmax_fast_exp": ("softmax", "512,256", "32,128", {"fast_exp": True}),
 }
 WORKLOADS = {**SUITE, **EXTRA}  # what --workloads may name
-# Other shapes, from BERT-base, ResNet and MobileNetV2 (none is in SUITE): what a cache on this
+# Other shapes, from BERT-base, ViT-B/16, ResNet, MobileNetV2 and DenseNet (none is in SUITE): what a cache on this
 # machine would already hold when a new workload arrives. `--make-corpus DB` tunes each with random
 # search (diverse records, not just good ones); `--transfer DB` then tunes every suite workload
 # model-guided from a copy of it, as `autotune.tune` does for a user whose cache has these records.
@@ -119,6 +119,19 @@ CORPUS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "bert_softmax": ("softmax", "1536,128", {}),
     "bert_layernorm": ("layernorm", "128,768", {}),
     "resnet_pool": ("pool2d", "1,64,112,112,3,3", {"stride": 2, "padding": 1}),
+    # ViT-B/16 (197 tokens: no power of two), ResNet-50's 1x1 and strided convs, MobileNetV2's
+    # strided depthwise conv, an NHWC conv, DenseNet's average pooling and BERT's FFN output
+    "vit_qkv": ("matmul", "197,2304,768", {}),
+    "vit_mlp1": ("dense", "197,3072,768", {"bias": True, "epilogue": "gelu"}),
+    "vit_scores": ("batch_matmul", "12,197,197,64", {}),
+    "vit_softmax": ("softmax", "2364,197", {}),
+    "vit_layernorm": ("layernorm", "197,768", {}),
+    "bert_ffn2": ("dense", "128,768,3072", {"bias": True}),
+    "resnet50_conv1x1": ("conv2d_nchw", "1,256,56,56,64,1,1", {"bias": True, "relu": True}),
+    "resnet50_conv_s2": ("conv2d_nchw", "1,128,56,56,128,3,3", {"stride": 2, "bias": True, "relu": True}),
+    "mobilenet_dw_s2": ("depthwise_conv2d", "1,96,112,112,3,3", {"stride": 2}),
+    "resnet_conv_nhwc": ("conv2d_nhwc", "1,56,56,64,64,3,3", {"bias": True, "relu": True}),
+    "densenet_avgpool": ("pool2d", "1,128,56,56,2,2", {"kind": "avg"}),
 }
 TRANSFER = "transfer"  # the tool name of model-guided search starting from the corpus
 MS_BUILD_TIMEOUT_SECS = 120.0  # MetaSchedule's default is 30 s (see the docstring)
