@@ -1,7 +1,8 @@
 """How well does the cost model rank candidates of a workload it has never seen?
 
-For each workload in a tuning database (records of one hardware target), train the XGBoost
-cost model on every *other* workload's records and report, on the held-out workload:
+For each workload in a tuning database (records of one hardware target) with at least
+--min-records records, train the XGBoost cost model on every *other* workload's records (however
+few each has: a corpus of 64-trial tunes counts in full) and report, on the held-out workload:
 - pairwise ranking accuracy: of all pairs of correct candidates with different latencies, the
   share the model orders the right way round;
 - top-k recall: is the measured best among the model's top 8 / top 32?
@@ -46,8 +47,8 @@ def top_k_recall(predicted: np.ndarray, latencies: np.ndarray, k: int) -> bool:
     return int(np.nanargmin(latencies)) in set(np.argsort(-predicted)[:k].tolist())
 
 
-def load(db: Database, target: HardwareTarget, min_records: int) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
-    """Features and latencies of every workload with enough records, keyed by workload key."""
+def load(db: Database, target: HardwareTarget) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
+    """Features and latencies of every workload with records on `target`, keyed by workload key."""
     by_workload: dict[str, list[TrialRecord]] = defaultdict(list)
     for record in db.trials(target_key=target.key):
         by_workload[record.workload_key].append(record)
@@ -55,7 +56,7 @@ def load(db: Database, target: HardwareTarget, min_records: int) -> dict[str, tu
     data = {}
     for key, records in by_workload.items():
         row = db.workload_row(key)
-        if row is None or len(records) < min_records:
+        if row is None:
             continue
         space = SearchSpace(as_workload(tvm.script.from_source(row["script"]), name=row["name"]), config)
         features = FeatureExtractor(space, target).extract([Candidate(r.decisions) for r in records])
@@ -63,9 +64,12 @@ def load(db: Database, target: HardwareTarget, min_records: int) -> dict[str, tu
     return data
 
 
-def evaluate(data: dict[str, tuple[np.ndarray, np.ndarray, str]]) -> list[dict[str, object]]:
+def evaluate(data: dict[str, tuple[np.ndarray, np.ndarray, str]], min_records: int) -> list[dict[str, object]]:
+    """Hold out, in turn, each workload with at least `min_records` records; train on all the others."""
     rows = []
     for key, (features, latencies, name) in data.items():
+        if len(latencies) < min_records:
+            continue
         others = [k for k in data if k != key]
         transfer = CostModel()
         transfer.fit(np.vstack([data[k][0] for k in others]), np.concatenate([data[k][1] for k in others]),
@@ -100,7 +104,7 @@ def to_markdown(rows: list[dict[str, object]]) -> str:
     own = np.mean([r["own-64 pairwise (rest)"] for r in rows if r["own-64 pairwise (rest)"] is not None] or [np.nan])
     hits = lambda col: sum(bool(r[col]) for r in rows)  # noqa: E731
     n_own = sum(r["own-64 pairwise (rest)"] is not None for r in rows)
-    lines.append(f"\nmean pairwise accuracy: transfer {mean:.3f} ({len(rows)} workloads), own first 64 records "
+    lines.append(f"\nmean pairwise accuracy: transfer {mean:.3f} ({len(rows)} workloads held out), own first 64 records "
                  f"{own:.3f} (the {n_own} workloads with more records)")
     lines.append(f"best candidate in the model's top 8 / top 32: transfer {hits('transfer top8')} / "
                  f"{hits('transfer top32')} of {len(rows)} workloads; own-64 (rest) top 8: "
@@ -111,15 +115,19 @@ def to_markdown(rows: list[dict[str, object]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", required=True)
-    parser.add_argument("--min-records", type=int, default=96)
+    parser.add_argument("--min-records", type=int, default=96,
+                        help="hold out only workloads with at least this many records (default 96); "
+                             "every workload is trained on")
     args = parser.parse_args(argv)
     target = resolve_target("llvm")
     with Database(args.db) as db:
-        data = load(db, target, args.min_records)
-    if len(data) < 2:
-        print(f"need records of at least 2 workloads with >= {args.min_records} records each on {target.key}")
+        data = load(db, target)
+    rows = evaluate(data, args.min_records) if len(data) >= 2 else []
+    if not rows:
+        print(f"need records of at least 2 workloads on {target.key}, one of them with >= {args.min_records} records")
         return 1
-    print(to_markdown(evaluate(data)))
+    print(f"{len(data)} workloads, {sum(len(d[1]) for d in data.values())} records; each held-out one is trained on all the others")
+    print(to_markdown(rows))
     return 0
 
 
