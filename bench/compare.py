@@ -6,7 +6,7 @@ Run from the checkout root (each real workload takes minutes per tuner and budge
     python bench/compare.py --workloads matmul_512 --trials 8         # one real workload, short
     python bench/compare.py --trials 64,256 --write bench/RESULTS.md  # the full comparison (hours)
     python bench/compare.py --strategies random,model                 # default: random, plus model if known
-    python bench/compare.py --make-corpus corpus.db                   # records of other shapes (CORPUS), ~5 min
+    python bench/compare.py --make-corpus corpus.db                   # records of other shapes (CORPUS), ~10 min
     python bench/compare.py --transfer corpus.db                      # adds model-guided search from that corpus
 
 For every workload and budget N, in this process: autotune (`autotune.tune(..., trials=N,
@@ -105,8 +105,8 @@ EXTRA: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "softmax_fast_exp": ("softmax", "512,256", "32,128", {"fast_exp": True}),
 }
 WORKLOADS = {**SUITE, **EXTRA}  # what --workloads may name
-# Other shapes, from BERT-base, ViT-B/16, ResNet, MobileNetV2 and DenseNet (none is in SUITE): what a cache on this
-# machine would already hold when a new workload arrives. `--make-corpus DB` tunes each with random
+# Other shapes, from BERT-base, ViT-B/16, ResNet, MobileNetV2 and DenseNet (none is in SUITE): what
+# a cache on this machine would already hold when a new workload arrives. `--make-corpus DB` tunes each with random
 # search (diverse records, not just good ones); `--transfer DB` then tunes every suite workload
 # model-guided from a copy of it, as `autotune.tune` does for a user whose cache has these records.
 CORPUS: dict[str, tuple[str, str, dict[str, Any]]] = {

@@ -104,8 +104,8 @@ def to_markdown(rows: list[dict[str, object]]) -> str:
     own = np.mean([r["own-64 pairwise (rest)"] for r in rows if r["own-64 pairwise (rest)"] is not None] or [np.nan])
     hits = lambda col: sum(bool(r[col]) for r in rows)  # noqa: E731
     n_own = sum(r["own-64 pairwise (rest)"] is not None for r in rows)
-    lines.append(f"\nmean pairwise accuracy: transfer {mean:.3f} ({len(rows)} workloads held out), own first 64 records "
-                 f"{own:.3f} (the {n_own} workloads with more records)")
+    lines.append(f"\nmean pairwise accuracy: transfer {mean:.3f} ({len(rows)} workloads held out), "
+                 f"own first 64 records {own:.3f} (the {n_own} workloads with more records)")
     lines.append(f"best candidate in the model's top 8 / top 32: transfer {hits('transfer top8')} / "
                  f"{hits('transfer top32')} of {len(rows)} workloads; own-64 (rest) top 8: "
                  f"{hits('own-64 top8 (rest)')}")
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print(f"need records of at least 2 workloads on {target.key}, one of them with >= {args.min_records} records")
         return 1
-    print(f"{len(data)} workloads, {sum(len(d[1]) for d in data.values())} records; each held-out one is trained on all the others")
+    records = sum(len(latencies) for _, latencies, _ in data.values())
+    print(f"{len(data)} workloads, {records} records; each held-out one is trained on all the others")
     print(to_markdown(rows))
     return 0
 
