@@ -169,7 +169,10 @@ class SearchSpace:
     def _draw(self, rng: random.Random) -> dict[str, Any]:
         jobs = self.cores * self.config.min_parallel_per_core
         blocks = {r.block: _draw_block(r, self.config, rng, jobs, self.registers) for r in self.rules}
-        decisions = {"format": CANDIDATE_FORMAT, "blocks": blocks, "unroll": draw_unroll(self.config, rng)}
+        unroll = draw_unroll(self.config, rng)
+        if any(r.rule == "tile" and _unvectorized(blocks[r.block]) for r in self.rules):
+            unroll = largest_unroll_step(self.config)  # what LLVM's vectorizer needs to see the tile's outer loop
+        decisions = {"format": CANDIDATE_FORMAT, "blocks": blocks, "unroll": unroll}
         return self.constrain(decisions)
 
 
@@ -450,6 +453,8 @@ def _draw_block(rule: BlockRule, config: SpaceConfig, rng: random.Random, jobs: 
         last = len(rule.spatial) - 1  # never padded: it is the vector loop when another axis's falls back to it
         spatial = [_draw_tile(e, config.spatial_levels, config, rng, vectorized=(i == axis),
                               may_pad=(i not in (axis, last))) for i, e in enumerate(rule.spatial)]
+        if rng.random() < config.unvectorized_tile_probability:
+            _leave_to_llvm_vectorizer(spatial)
         _widen_outer_tiles(spatial, jobs, axis, rng)
         _fit_register_share(rule, spatial, axis, config, registers)
         return {
@@ -475,6 +480,11 @@ def draw_unroll(config: SpaceConfig, rng: random.Random) -> int:
     makes LLVM's builds 2-3x slower, and builds are most of a tune's time, so a space may trade
     some of the kernels it finds for wall time (search_spaces/cpu.toml says what that cost)."""
     return rng.choices(config.unroll_steps, weights=config.unroll_weights)[0]
+
+
+def largest_unroll_step(config: SpaceConfig) -> int:
+    """The largest unroll step the config draws at all (a weight of 0 means never)."""
+    return max(step for step, weight in zip(config.unroll_steps, config.unroll_weights) if weight > 0)
 
 
 def draw_tile_level(config: SpaceConfig, rng: random.Random) -> int:
@@ -595,6 +605,26 @@ def _pack_levels(rule: BlockRule, config: SpaceConfig, axis: int) -> tuple[int, 
     if axis == len(rule.spatial) - 1 or not (rule.strided_reads and rule.strided_reads[axis]):
         return config.pack_levels
     return tuple(level for level in config.pack_levels if level > 0) or config.pack_levels
+
+
+def _leave_to_llvm_vectorizer(spatial: list[list[int]]) -> None:
+    """Move every spatial loop's innermost factor one level out: a register tile of one element,
+    which the schedule does not vectorize (`_canonical_tile` drops the vector axis of a 1-lane
+    tile). Why: with an unroll step that covers the inner loops, TVM unrolls them and LLVM's loop
+    vectorizer vectorizes the loop outside them, the last spatial loop of the level above; for a
+    stencil it then keeps each tap's (padded) inputs in registers, where an explicit vector loop
+    reads them from a padded buffer (search_spaces/cpu.toml, unvectorized_tile_probability).
+    Without that unroll the tile stays scalar code (13x slower on a depthwise conv), so such draws
+    take the largest unroll step drawn at all (`SearchSpace._draw`); mutations may still change it."""
+    for factors in spatial:
+        if len(factors) > 1:
+            factors[-2] *= factors[-1]
+            factors[-1] = 1
+
+
+def _unvectorized(d: dict[str, Any]) -> bool:
+    """Whether a tiled block's register tile is one element: the schedule vectorizes none of its loops."""
+    return all(factors[-1] == 1 for factors in d["spatial"])
 
 
 def _shrink_register_tile(spatial: list[list[int]], vector_axis: int, limit: int) -> None:

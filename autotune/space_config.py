@@ -34,6 +34,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, type | None]]] = {
         "padded_tile_probability": (float, None),
         "padded_inner_factors": (list, int),
         "max_padding_waste": (float, None),
+        "unvectorized_tile_probability": (float, None),
     },
     "loops": {"vector_factors": (list, int), "reduction_vector_factors": (list, int)},
     "compute_location": {"enabled": (bool, None)},
@@ -60,6 +61,7 @@ class SpaceConfig:
     padded_tile_probability: float  # draws give a non-vector loop an innermost tile that does not divide it this often
     padded_inner_factors: tuple[int, ...]  # the innermost tiles such draws choose from
     max_padding_waste: float  # ... when the iterations the last tile runs past the extent are at most this share
+    unvectorized_tile_probability: float  # draws leave a tiled block's vectorization to LLVM this often
     loop_vector_factors: tuple[int, ...]
     reduction_vector_factors: tuple[int, ...]
     compute_location: bool
@@ -146,6 +148,7 @@ def _check_values(data: dict[str, Any], path: Path) -> None:
         "tiling.padded_tile_probability": not 0.0 <= tiling["padded_tile_probability"] <= 1.0,
         "tiling.padded_inner_factors": min(tiling["padded_inner_factors"], default=2) < 2,
         "tiling.max_padding_waste": not 0.0 <= tiling["max_padding_waste"] < 1.0,
+        "tiling.unvectorized_tile_probability": not 0.0 <= tiling["unvectorized_tile_probability"] <= 1.0,
         "loops.vector_factors": min(data["loops"]["vector_factors"]) < 1,
         "loops.reduction_vector_factors": min(data["loops"]["reduction_vector_factors"]) < 1,
         "unroll.max_steps": min(data["unroll"]["max_steps"]) < 0,
@@ -176,6 +179,7 @@ def _to_config(data: dict[str, Any], path: Path) -> SpaceConfig:
         padded_tile_probability=float(tiling["padded_tile_probability"]),
         padded_inner_factors=tuple(tiling["padded_inner_factors"]),
         max_padding_waste=float(tiling["max_padding_waste"]),
+        unvectorized_tile_probability=float(tiling["unvectorized_tile_probability"]),
         loop_vector_factors=tuple(data["loops"]["vector_factors"]),
         reduction_vector_factors=tuple(data["loops"]["reduction_vector_factors"]),
         compute_location=data["compute_location"]["enabled"],

@@ -358,11 +358,11 @@ def test_draws_pack_panels_with_the_configured_probability():
 def test_unroll_steps_are_drawn_by_their_weights():
     space = SearchSpace(ops.make("matmul", "64,64,64"))
     rng = random.Random(0)
-    space.config = replace(space.config, unroll_steps=(0, 512), unroll_weights=(3.0, 1.0))
+    space.config = replace(space.config, unroll_steps=(0, 512), unroll_weights=(3.0, 1.0), unvectorized_tile_probability=0.0)
     drawn = [space._draw(rng)["unroll"] for _ in range(400)]
     assert set(drawn) == {0, 512} and 0.15 < drawn.count(512) / len(drawn) < 0.35
-    space.config = replace(space.config, unroll_weights=(1.0, 0.0))
-    assert {space._draw(rng)["unroll"] for _ in range(50)} == {0}
+    space.config = replace(space.config, unroll_weights=(1.0, 0.0), unvectorized_tile_probability=1.0)
+    assert {space._draw(rng)["unroll"] for _ in range(50)} == {0}  # even where the tile is left to LLVM
 
 
 def test_candidates_from_before_vector_axes_and_packing_keep_their_keys():
@@ -666,3 +666,38 @@ def test_bad_space_files_name_the_key(tmp_path, old, new, message):
 def test_missing_space_file():
     with pytest.raises(SearchSpaceError, match="not found"):
         load_space_config("no-such-family")
+
+
+def test_draws_leave_some_tiles_to_llvm_vectorizer_and_they_compute_the_reference(target):
+    """unvectorized_tile_probability: a register tile of one element, no vector loop in the tiled
+    block (LLVM vectorizes the unrolled tile's outer loop), numerically the untuned result."""
+    workload = ops.make("depthwise_conv2d", "1,16,12,32,3,3")
+    space = SearchSpace(workload)
+    rng = random.Random(0)
+
+    def drawn(probability: float) -> list[dict]:
+        space.config = replace(space.config, unvectorized_tile_probability=probability)
+        candidates = [space.constrain(space._draw(rng)) for _ in range(100)]
+        tiles = [c["blocks"]["DepthwiseConv2d"] for c in candidates]
+        assert all(c["unroll"] == 512 for c, d in zip(candidates, tiles) if unvectorized(d))
+        return tiles
+
+    def unvectorized(d: dict) -> bool:
+        return all(factors[-1] == 1 for factors in d["spatial"])
+
+    assert not any(unvectorized(d) for d in drawn(0.0))
+    always = drawn(1.0)
+    assert all(unvectorized(d) and "vector_axis" not in d and "pack" not in d for d in always)
+    conv_rule = next(r for r in space.rules if r.block == "DepthwiseConv2d")
+    assert all(int(np.prod(f)) >= e for d in always for f, e in zip(d["spatial"], conv_rule.spatial))
+    assert 0.05 < sum(map(unvectorized, drawn(0.15))) / 100 < 0.3
+    inputs = workload.random_inputs(seed=1)
+    expected = _run(workload.mod, workload, target, inputs)
+    for d in always[:3]:
+        candidate = space.sample(random.Random(len(expected)))  # the other blocks' decisions
+        decisions = copy.deepcopy(candidate.decisions)
+        decisions["blocks"]["DepthwiseConv2d"] = d
+        mod = apply_candidate(space, Candidate(decisions)).mod
+        conv = mod.script().split('T.sblock("DepthwiseConv2d')[0].rsplit("T.parallel", 1)[-1]
+        assert "T.vectorized" not in conv  # no vector loop around the conv block
+        np.testing.assert_allclose(_run(mod, workload, target, inputs)[0], expected[0], rtol=1e-4, atol=1e-4)
