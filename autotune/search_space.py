@@ -453,7 +453,7 @@ def _draw_block(rule: BlockRule, config: SpaceConfig, rng: random.Random, jobs: 
         last = len(rule.spatial) - 1  # never padded: it is the vector loop when another axis's falls back to it
         spatial = [_draw_tile(e, config.spatial_levels, config, rng, vectorized=(i == axis),
                               may_pad=(i not in (axis, last))) for i, e in enumerate(rule.spatial)]
-        if rng.random() < config.unvectorized_tile_probability:
+        if config.unvectorized_tile_probability and rng.random() < config.unvectorized_tile_probability:
             _leave_to_llvm_vectorizer(spatial)
         _widen_outer_tiles(spatial, jobs, axis, rng)
         _fit_register_share(rule, spatial, axis, config, registers)
