@@ -251,6 +251,22 @@ def time_interleaved(timers: dict[str, Timer], ref: Reference, placements: int, 
     return secs
 
 
+def hand_kernels_table(kernels: dict[str, tvm.IRModule], op: str, hw: autotune.HardwareTarget, ref: Reference,
+                       placements: int, runs: int) -> list[str]:
+    """Markdown rows of hand-picked kernels and PyTorch (when it runs `op`), timed interleaved
+    (`time_interleaved`, `runs` times with seeds 0..runs-1): per kernel, its median ms of each run.
+    For the bench scripts that compare kernels of our space written by hand (gemm_tiles, depthwise_tiles)."""
+    timers = {name: tvm_timer(name, mod, hw, ref) for name, mod in kernels.items()}
+    torch = torch_timer(op, ref)
+    if not isinstance(torch, str):
+        timers["torch"] = torch
+    timed = [time_interleaved(timers, ref, placements, seed=run) for run in range(runs)]
+    rows = ["| kernel | " + " | ".join(f"run {r}" for r in range(runs)) + " |", "|---|" + "---|" * runs]
+    for name in timers:
+        rows.append(f"| {name} | " + " | ".join(f"{statistics.median(run[name]) * 1e3:.3f}" for run in timed) + " |")
+    return rows
+
+
 def retime_together(outcomes: dict[str, Outcome], hw: autotune.HardwareTarget, ref: Reference, op: str) -> None:
     """Set each tuned outcome's `secs`, and PyTorch's as outcome "torch": the median over RETIME_PLACEMENTS
     placements, all of them interleaved. A kernel that does not build here, or computes a wrong result,

@@ -26,7 +26,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # sets TVM_NUM_THREADS before tvm is imported
 
 import argparse
-import statistics
 
 import autotune
 from autotune import ops
@@ -66,17 +65,11 @@ def main(argv: list[str] | None = None) -> int:
             for unroll in (64, 512):
                 kernels[f"{name}, pad@{level}, unroll {unroll}"] = candidate(spatial, level, unroll)
     ref = compare.reference(workload, hw)
-    timers = {name: compare.tvm_timer(name, apply_candidate(space, k).mod, hw, ref) for name, k in kernels.items()}
-    torch = compare.torch_timer("depthwise_conv2d", ref)
-    if not isinstance(torch, str):
-        timers["torch"] = torch
-    runs = [compare.time_interleaved(timers, ref, 5, seed=run) for run in range(args.runs)]
+    rows = compare.hand_kernels_table({name: apply_candidate(space, k).mod for name, k in kernels.items()},
+                                      "depthwise_conv2d", hw, ref, 5, args.runs)
     print(f"depthwise conv {args.shape} on {hw.fingerprint.get('model_name')} ({hw.num_cores} cores), "
           f"mcpu {hw.target.attrs.get('mcpu')}, ms (median of 5 placements):")
-    print("| kernel | " + " | ".join(f"run {k}" for k in range(args.runs)) + " |")
-    print("|---|" + "---|" * args.runs)
-    for name in timers:
-        print(f"| {name} | " + " | ".join(f"{statistics.median(run[name]) * 1e3:.3f}" for run in runs) + " |")
+    print("\n".join(rows))
     return 0
 
 

@@ -22,7 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # sets TVM_NUM_THREADS before tvm is imported
 
 import argparse
-import statistics
 
 import autotune
 from autotune import ops
@@ -55,16 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         "4x16 local, packed": candidate(n, 4, pack=1), "6x16 local, packed": candidate(n, 6, pack=1),
     }
     ref = compare.reference(workload, hw)
-    timers = {name: compare.tvm_timer(name, apply_candidate(space, c).mod, hw, ref) for name, c in kernels.items()}
-    torch = compare.torch_timer("matmul", ref)
-    if not isinstance(torch, str):
-        timers["torch"] = torch
-    runs = [compare.time_interleaved(timers, ref, 7, seed=run) for run in range(args.runs)]
+    rows = compare.hand_kernels_table({name: apply_candidate(space, c).mod for name, c in kernels.items()},
+                                      "matmul", hw, ref, 7, args.runs)
     print(f"matmul {n}^3 on {hw.fingerprint.get('model_name')} ({hw.num_cores} cores), ms (median of 7 placements):")
-    print("| kernel | " + " | ".join(f"run {r}" for r in range(args.runs)) + " |")
-    print("|---|" + "---|" * args.runs)
-    for name in timers:
-        print(f"| {name} | " + " | ".join(f"{statistics.median(run[name]) * 1e3:.3f}" for run in runs) + " |")
+    print("\n".join(rows))
     return 0
 
 
