@@ -21,8 +21,9 @@ import numpy as np
 from .cost_model import CostModel, latency_or_nan
 from .features import FeatureExtractor
 from .records import TrialRecord
-from .search_space import (Candidate, SearchSpace, draw_tile_level, draw_unroll, redraw_register_tile,
-                           redraw_vector_axis, rfactor_choices, smallest_prime_factor)
+from .search_space import (Candidate, SearchSpace, draw_tile_level, draw_unroll, largest_unroll_step,
+                           leave_to_llvm_vectorizer, redraw_register_tile, redraw_vector_axis, rfactor_choices,
+                           smallest_prime_factor)
 
 # How many consecutive duplicate draws mean that the space is (nearly) exhausted.
 _MAX_DUPLICATE_DRAWS = 200
@@ -183,8 +184,21 @@ class ModelGuidedSearch(RandomSearch):
             return Candidate(decisions)
         name = self.rng.choice(sorted(blocks))
         rule = next(r for r in self.space.rules if r.block == name)
-        _mutate_block(blocks[name], rule, self.space, self.rng)
+        if rule.rule == "tile" and self._leaves_tile_to_llvm():
+            leave_to_llvm_vectorizer(blocks[name]["spatial"])
+            decisions["unroll"] = largest_unroll_step(self.space.config)  # as SearchSpace._draw gives such tiles
+        else:
+            _mutate_block(blocks[name], rule, self.space, self.rng)
         return Candidate(self.space.constrain(decisions))
+
+    def _leaves_tile_to_llvm(self) -> bool:
+        """Whether a tiled block's mutation makes its register tile one element, for LLVM's loop
+        vectorizer (search_space.leave_to_llvm_vectorizer): as often as the space draws such tiles.
+        Why a mutation of its own: moving one factor at a time, evolution would need a step per
+        spatial loop plus the largest unroll to reach one, and the steps between score badly.
+        With the probability 0 (the rule off) no random number is drawn, so searches are as before."""
+        probability = self.space.config.unvectorized_tile_probability
+        return probability > 0 and self.rng.random() < probability
 
     def _crossover(self, a: Candidate, b: Candidate) -> Candidate:
         blocks_a, blocks_b = a.decisions.get("blocks", {}), b.decisions.get("blocks", {})

@@ -170,7 +170,7 @@ class SearchSpace:
         jobs = self.cores * self.config.min_parallel_per_core
         blocks = {r.block: _draw_block(r, self.config, rng, jobs, self.registers) for r in self.rules}
         unroll = draw_unroll(self.config, rng)
-        if any(r.rule == "tile" and _unvectorized(blocks[r.block]) for r in self.rules):
+        if any(r.rule == "tile" and unvectorized(blocks[r.block]) for r in self.rules):
             unroll = largest_unroll_step(self.config)  # what LLVM's vectorizer needs to see the tile's outer loop
         decisions = {"format": CANDIDATE_FORMAT, "blocks": blocks, "unroll": unroll}
         return self.constrain(decisions)
@@ -454,7 +454,7 @@ def _draw_block(rule: BlockRule, config: SpaceConfig, rng: random.Random, jobs: 
         spatial = [_draw_tile(e, config.spatial_levels, config, rng, vectorized=(i == axis),
                               may_pad=(i not in (axis, last))) for i, e in enumerate(rule.spatial)]
         if config.unvectorized_tile_probability and rng.random() < config.unvectorized_tile_probability:
-            _leave_to_llvm_vectorizer(spatial)
+            leave_to_llvm_vectorizer(spatial)
         _widen_outer_tiles(spatial, jobs, axis, rng)
         _fit_register_share(rule, spatial, axis, config, registers)
         return {
@@ -607,7 +607,7 @@ def _pack_levels(rule: BlockRule, config: SpaceConfig, axis: int) -> tuple[int, 
     return tuple(level for level in config.pack_levels if level > 0) or config.pack_levels
 
 
-def _leave_to_llvm_vectorizer(spatial: list[list[int]]) -> None:
+def leave_to_llvm_vectorizer(spatial: list[list[int]]) -> None:
     """Move every spatial loop's innermost factor one level out: a register tile of one element,
     which the schedule does not vectorize (`_canonical_tile` drops the vector axis of a 1-lane
     tile). Why: with an unroll step that covers the inner loops, TVM unrolls them and LLVM's loop
@@ -615,14 +615,15 @@ def _leave_to_llvm_vectorizer(spatial: list[list[int]]) -> None:
     stencil it then keeps each tap's (padded) inputs in registers, where an explicit vector loop
     reads them from a padded buffer (search_spaces/cpu.toml, unvectorized_tile_probability).
     Without that unroll the tile stays scalar code (13x slower on a depthwise conv), so such draws
-    take the largest unroll step drawn at all (`SearchSpace._draw`); mutations may still change it."""
+    take the largest unroll step drawn at all (`SearchSpace._draw`, and the model-guided search's
+    mutation that leaves a tile to LLVM); other mutations may still change it."""
     for factors in spatial:
         if len(factors) > 1:
             factors[-2] *= factors[-1]
             factors[-1] = 1
 
 
-def _unvectorized(d: dict[str, Any]) -> bool:
+def unvectorized(d: dict[str, Any]) -> bool:
     """Whether a tiled block's register tile is one element: the schedule vectorizes none of its loops."""
     return all(factors[-1] == 1 for factors in d["spatial"])
 

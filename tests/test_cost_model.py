@@ -5,6 +5,7 @@ import random
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from autotune.database import Database
 from autotune.features import FEATURE_LENGTH, FEATURE_VERSION, FeatureExtractor
 from autotune.records import Status, TrialRecord
 from autotune.search import ModelGuidedSearch
-from autotune.search_space import SearchSpace
+from autotune.search_space import Candidate, SearchSpace
 from autotune.target import resolve_target
 
 
@@ -205,6 +206,25 @@ def test_guided_search_applies_each_candidate_once_per_ranking(hw, monkeypatch):
     assert len(applied) == len(set(applied)), "a candidate was applied twice"
 
 
+def test_guided_search_mutates_tiles_to_llvm_vectorized_ones_only_when_the_space_draws_them(hw):
+    """A mutation that leaves a whole register tile to LLVM (one element, largest unroll), at the
+    space's unvectorized_tile_probability; at 0 no mutation makes such a tile from a vectorized one."""
+    search = _small_trained_search(hw)
+    parents = [c for c in (search.space.sample(random.Random(i)) for i in range(20))
+               if any(f[-1] > 1 for f in c.decisions["blocks"]["C"]["spatial"])]
+
+    def mutated_to_one_element(probability: float) -> list[dict]:
+        search.space.config = replace(search.space.config, unvectorized_tile_probability=probability)
+        children = [search._mutate(p).decisions for p in parents for _ in range(10)]
+        return [c for c in children if all(f[-1] == 1 for f in c["blocks"]["C"]["spatial"])]
+
+    assert not mutated_to_one_element(0.0)
+    left_to_llvm = mutated_to_one_element(0.5)
+    assert len(left_to_llvm) > len(parents)  # about a third of 10 per parent: 1 block of 1 chosen, then 0.5
+    assert all(c["unroll"] == 512 and "vector_axis" not in c["blocks"]["C"] for c in left_to_llvm)
+    assert all(search.space.try_apply(Candidate(c)) is not None for c in left_to_llvm[:5])
+
+
 def test_guided_search_picks_the_same_batch_whatever_the_hash_seed():
     """Candidates with equal scores keep their order: a set's order (it changes with PYTHONHASHSEED)
     once decided which of them stayed in the population, so one seed gave two different tunes."""
@@ -215,7 +235,7 @@ def test_guided_search_picks_the_same_batch_whatever_the_hash_seed():
         from autotune.cost_model import CostModel
         from autotune.features import FeatureExtractor
         from autotune.search import ModelGuidedSearch
-        from autotune.search_space import SearchSpace
+        from autotune.search_space import Candidate, SearchSpace
         hw = autotune.resolve_target("llvm")
         space = SearchSpace(ops.make("matmul", "512,512,512"), cores=2, registers=hw.vector_registers)
         extractor = FeatureExtractor(space, hw)
@@ -237,7 +257,7 @@ def test_features_do_not_import_tensor_intrin():
     import sys
 
     code = ("import sys; from autotune import ops; from autotune.features import FeatureExtractor; "
-            "from autotune.search_space import SearchSpace; from autotune.target import resolve_target; "
+            "from autotune.search_space import Candidate, SearchSpace; from autotune.target import resolve_target; "
             "s = SearchSpace(ops.make('matmul', '16,16,16')); "
             "FeatureExtractor(s, resolve_target('llvm')).extract([s.default_candidate()]); "
             "print(any(m.startswith('tvm.s_tir.tensor_intrin') for m in sys.modules))")
