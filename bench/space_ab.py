@@ -3,10 +3,12 @@
     python bench/space_ab.py --variant padded_tile_probability=0            # matmul 512^3, seeds 0-2
     python bench/space_ab.py --variant panel_pack_probability=0 --workloads matmul_1024 dense --seeds 0 1
     python bench/space_ab.py --variant-strategy model                       # same space: model vs random
+    python bench/space_ab.py --strategy model --variant-search population=128 generations=6
 
 For each workload (bench/compare.py's suite names) and seed: `autotune.tune` with the default
 space (search_spaces/cpu.toml) and with the variant (SpaceConfig fields set as given, and/or
-another strategy: --variant-strategy), same trials and seed, each into a fresh database. Then
+another strategy: --variant-strategy, and/or other ModelGuidedSearch parameters: --variant-search),
+same trials and seed, each into a fresh database. Then
 each run's best (finals included) is built and all of them are timed head to head with PyTorch (compare.time_interleaved, 8
 placements, medians), so the two arms are compared in the same moments of the machine.
 
@@ -25,13 +27,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # sets TVM_NUM_THREADS before tvm is imported
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 import tempfile
 import time
+from typing import Iterator
 
 import autotune
 from autotune import ops
+from autotune.search import ModelGuidedSearch
 from autotune.space_config import SpaceConfig, load_space_config
 from autotune.tuner import STRATEGIES
 
@@ -49,10 +54,31 @@ def variant_config(base: SpaceConfig, assignments: list[str]) -> SpaceConfig:
     return dataclasses.replace(base, **changes)
 
 
+@contextlib.contextmanager
+def search_parameters(assignments: list[str]) -> Iterator[None]:
+    """ModelGuidedSearch's keyword defaults (epsilon, population, generations) set from "name=value"
+    strings while tuning. A bench-only override: the tuner does not expose these parameters, and
+    an A/B of them should not need it to."""
+    defaults = ModelGuidedSearch.__init__.__kwdefaults__
+    saved = dict(defaults)
+    for text in assignments:
+        name, _, value = text.partition("=")
+        if name not in ("epsilon", "population", "generations"):
+            raise SystemExit(f"--variant-search: {name!r} is not epsilon, population or generations")
+        defaults[name] = type(saved[name])(value)
+    try:
+        yield
+    finally:
+        defaults.clear()
+        defaults.update(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", nargs="*", default=[], help="SpaceConfig fields to change, as name=value")
     parser.add_argument("--variant-strategy", choices=STRATEGIES, help="the variant's strategy (default: --strategy)")
+    parser.add_argument("--variant-search", nargs="*", default=[],
+                        help="the variant's model-guided search parameters, as name=value (epsilon, population, generations)")
     parser.add_argument("--workloads", nargs="+", default=["matmul_512"], choices=list(compare.SUITE))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=64)
@@ -60,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     hw = autotune.resolve_target("llvm")
     default = load_space_config()
-    arms = {"default": (default, args.strategy),
-            "variant": (variant_config(default, args.variant), args.variant_strategy or args.strategy)}
-    print(f"# space_ab: variant {' '.join(args.variant) or 'default space'}, {arms['variant'][1]}; against "
+    arms = {"default": (default, args.strategy, []),
+            "variant": (variant_config(default, args.variant), args.variant_strategy or args.strategy, args.variant_search)}
+    print(f"# space_ab: variant {' '.join(args.variant + args.variant_search) or 'default space'}, {arms['variant'][1]}; against "
           f"{args.strategy}; {args.trials} trials, seeds {args.seeds}; "
           f"{hw.fingerprint.get('model_name')} ({hw.num_cores} cores), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print("| workload | seed | default ms | variant ms | variant/default | PyTorch ms | default wall s | variant wall s |")
@@ -75,11 +101,12 @@ def main(argv: list[str] | None = None) -> int:
             ref = compare.reference(workload, hw)
             timers, seeds, walls = {}, [], {}
             for seed in args.seeds:
-                for arm, (config, strategy) in arms.items():
+                for arm, (config, strategy, search) in arms.items():
                     db = os.path.join(tmp, f"{name}-{arm}-{seed}.db")
                     start = time.perf_counter()
-                    autotune.tune(workload, target=hw, trials=args.trials, database=db, space=config,
-                                  strategy=strategy, seed=seed)
+                    with search_parameters(search):
+                        autotune.tune(workload, target=hw, trials=args.trials, database=db, space=config,
+                                      strategy=strategy, seed=seed)
                     walls[f"{arm}-{seed}"] = time.perf_counter() - start
                     mod = autotune.apply_best(workload, target=hw, database=db, space=config)
                     timers[f"{arm}-{seed}"] = compare.tvm_timer(f"{arm}-{seed}", mod, hw, ref)
