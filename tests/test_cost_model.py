@@ -220,7 +220,7 @@ def test_guided_search_mutates_tiles_to_llvm_vectorized_ones_only_when_the_space
 
     assert not mutated_to_one_element(0.0)
     left_to_llvm = mutated_to_one_element(0.5)
-    assert len(left_to_llvm) > len(parents)  # about a third of 10 per parent: 1 block of 1 chosen, then 0.5
+    assert len(left_to_llvm) > len(parents)  # about 4 of 10 per parent: 0.85 not an unroll mutation, then 0.5
     assert all(c["unroll"] == 512 and "vector_axis" not in c["blocks"]["C"] for c in left_to_llvm)
     assert all(search.space.try_apply(Candidate(c)) is not None for c in left_to_llvm[:5])
 
