@@ -16,7 +16,7 @@ from autotune.database import Database
 from autotune.features import FEATURE_LENGTH, FEATURE_VERSION, FeatureExtractor
 from autotune.records import Status, TrialRecord
 from autotune.search import ModelGuidedSearch
-from autotune.search_space import Candidate, SearchSpace
+from autotune.search_space import Candidate, SearchSpace, unvectorized
 from autotune.target import resolve_target
 
 
@@ -211,12 +211,12 @@ def test_guided_search_mutates_tiles_to_llvm_vectorized_ones_only_when_the_space
     space's unvectorized_tile_probability; at 0 no mutation makes such a tile from a vectorized one."""
     search = _small_trained_search(hw)
     parents = [c for c in (search.space.sample(random.Random(i)) for i in range(20))
-               if any(f[-1] > 1 for f in c.decisions["blocks"]["C"]["spatial"])]
+               if not unvectorized(c.decisions["blocks"]["C"])]
 
     def mutated_to_one_element(probability: float) -> list[dict]:
         search.space.config = replace(search.space.config, unvectorized_tile_probability=probability)
         children = [search._mutate(p).decisions for p in parents for _ in range(10)]
-        return [c for c in children if all(f[-1] == 1 for f in c["blocks"]["C"]["spatial"])]
+        return [c for c in children if unvectorized(c["blocks"]["C"])]
 
     assert not mutated_to_one_element(0.0)
     left_to_llvm = mutated_to_one_element(0.5)
@@ -235,7 +235,7 @@ def test_guided_search_picks_the_same_batch_whatever_the_hash_seed():
         from autotune.cost_model import CostModel
         from autotune.features import FeatureExtractor
         from autotune.search import ModelGuidedSearch
-        from autotune.search_space import Candidate, SearchSpace
+        from autotune.search_space import SearchSpace
         hw = autotune.resolve_target("llvm")
         space = SearchSpace(ops.make("matmul", "512,512,512"), cores=2, registers=hw.vector_registers)
         extractor = FeatureExtractor(space, hw)
@@ -257,7 +257,7 @@ def test_features_do_not_import_tensor_intrin():
     import sys
 
     code = ("import sys; from autotune import ops; from autotune.features import FeatureExtractor; "
-            "from autotune.search_space import Candidate, SearchSpace; from autotune.target import resolve_target; "
+            "from autotune.search_space import SearchSpace; from autotune.target import resolve_target; "
             "s = SearchSpace(ops.make('matmul', '16,16,16')); "
             "FeatureExtractor(s, resolve_target('llvm')).extract([s.default_candidate()]); "
             "print(any(m.startswith('tvm.s_tir.tensor_intrin') for m in sys.modules))")
