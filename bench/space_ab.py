@@ -4,10 +4,12 @@
     python bench/space_ab.py --variant panel_pack_probability=0 --workloads matmul_1024 dense --seeds 0 1
     python bench/space_ab.py --variant-strategy model                       # same space: model vs random
     python bench/space_ab.py --strategy model --variant-search population=128 generations=6
+    python bench/space_ab.py --strategy model --variant-batch-size 8 --workloads conv2d_nchw dense
 
 For each workload (bench/compare.py's suite names) and seed: `autotune.tune` with the default
 space (search_spaces/cpu.toml) and with the variant (SpaceConfig fields set as given, and/or
-another strategy: --variant-strategy, and/or other ModelGuidedSearch parameters: --variant-search),
+another strategy: --variant-strategy, and/or other ModelGuidedSearch parameters: --variant-search,
+and/or another batch size: --variant-batch-size),
 same trials and seed, each into a fresh database. Then
 each run's best (finals included) is built and all of them are timed head to head with PyTorch (compare.time_interleaved, 8
 placements, medians), so the two arms are compared in the same moments of the machine.
@@ -79,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant-strategy", choices=STRATEGIES, help="the variant's strategy (default: --strategy)")
     parser.add_argument("--variant-search", nargs="*", default=[],
                         help="the variant's model-guided search parameters, as name=value (epsilon, population, generations)")
+    parser.add_argument("--batch-size", type=int, default=16, help="candidates per measured batch")
+    parser.add_argument("--variant-batch-size", type=int, help="the variant's batch size (default: --batch-size)")
     parser.add_argument("--workloads", nargs="+", default=["matmul_512"], choices=list(compare.SUITE))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=64)
@@ -86,10 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     hw = autotune.resolve_target("llvm")
     default = load_space_config()
-    arms = {"default": (default, args.strategy, []),
-            "variant": (variant_config(default, args.variant), args.variant_strategy or args.strategy, args.variant_search)}
-    print(f"# space_ab: variant {' '.join(args.variant + args.variant_search) or 'default space'}, {arms['variant'][1]}; against "
-          f"{args.strategy}; {args.trials} trials, seeds {args.seeds}; "
+    variant_batch = args.variant_batch_size or args.batch_size
+    arms = {"default": (default, args.strategy, [], args.batch_size),
+            "variant": (variant_config(default, args.variant), args.variant_strategy or args.strategy, args.variant_search,
+                        variant_batch)}
+    print(f"# space_ab: variant {' '.join(args.variant + args.variant_search) or 'default space'}, {arms['variant'][1]}, "
+          f"batches of {variant_batch}; against {args.strategy}, batches of {args.batch_size}; "
+          f"{args.trials} trials, seeds {args.seeds}; "
           f"{hw.fingerprint.get('model_name')} ({hw.num_cores} cores), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print("| workload | seed | default ms | variant ms | variant/default | PyTorch ms | default wall s | variant wall s |")
     print("|---|---|---|---|---|---|---|---|")
@@ -101,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
             ref = compare.reference(workload, hw)
             timers, seeds, walls = {}, [], {}
             for seed in args.seeds:
-                for arm, (config, strategy, search) in arms.items():
+                for arm, (config, strategy, search, batch_size) in arms.items():
                     db = os.path.join(tmp, f"{name}-{arm}-{seed}.db")
                     start = time.perf_counter()
                     with search_parameters(search):
                         autotune.tune(workload, target=hw, trials=args.trials, database=db, space=config,
-                                      strategy=strategy, seed=seed)
+                                      strategy=strategy, batch_size=batch_size, seed=seed)
                     walls[f"{arm}-{seed}"] = time.perf_counter() - start
                     mod = autotune.apply_best(workload, target=hw, database=db, space=config)
                     timers[f"{arm}-{seed}"] = compare.tvm_timer(f"{arm}-{seed}", mod, hw, ref)
