@@ -141,8 +141,7 @@ class ModelGuidedSearch(RandomSearch):
     def _initial_population(self) -> list[Candidate]:
         best = sorted(((lat, c) for lat, c in self.measured if np.isfinite(lat)), key=lambda lc: lc[0])
         population = [c for _, c in best[: self.population // 4]]
-        while len(population) < self.population:
-            candidate, sch = self.space.sample_applied(self.rng)
+        for candidate, sch in self.space.sample_applied_many(self.rng, self.population - len(population)):
             self._applied[candidate.key] = sch  # for _features, which would apply it again
             population.append(candidate)
         return population
@@ -164,7 +163,9 @@ class ModelGuidedSearch(RandomSearch):
         """Feature rows of the candidates (None for one TVM rejects), computed once per candidate and
         kept between batches."""
         new = [c for c in {c.key: c for c in candidates}.values() if c.key not in self._rows]
-        applied = [(c, self._applied[c.key] if c.key in self._applied else self.space.try_apply(c)) for c in new]
+        unapplied = [c for c in new if c.key not in self._applied]
+        schedules = {**dict(zip((c.key for c in unapplied), self.space.try_apply_all(unapplied))), **self._applied}
+        applied = [(c, schedules[c.key]) for c in new]
         self._applied.clear()  # those not asked for now were already scored (or are duplicates)
         valid = [(c, s) for c, s in applied if s is not None]
         self._rows.update({c.key: None for c in new})

@@ -340,6 +340,24 @@ def test_padding_may_be_computed_inside_the_tile_loops(op, shape, target):
     assert any(d.get("at") for d in drawn) and any(not d.get("at") for d in drawn)
 
 
+def test_candidates_applied_together_give_the_schedules_applied_one_by_one():
+    """try_apply_all (threads) keeps the order and the rejections of try_apply, and the schedules."""
+    space = SearchSpace(ops.make("conv2d_nchw", "1,8,10,10,8,3,3", bias="true", relu="true"))
+    rng = random.Random(3)
+    candidates = [space.sample(rng) for _ in range(12)]
+    rejected = copy.deepcopy(candidates[0].decisions)
+    rejected["blocks"]["conv2d_nchw"]["spatial"][1] = [7, 1, 1, 1]  # 7 does not divide the 8 output channels
+    candidates.insert(5, Candidate(rejected))
+    together = space.try_apply_all(candidates)
+    alone = [space.try_apply(c) for c in candidates]
+    assert together[5] is None and alone[5] is None
+    assert [s is None for s in together] == [s is None for s in alone]
+    assert [s.mod.script() for s in together if s] == [s.mod.script() for s in alone if s]
+    sampled = space.sample_applied_many(random.Random(4), 10)
+    assert len(sampled) == 10
+    assert all(sch.mod.script() == apply_candidate(space, c).mod.script() for c, sch in sampled)
+
+
 def test_draws_pack_panels_with_the_configured_probability():
     space = SearchSpace(ops.make("matmul", "64,64,64"))
     rng = random.Random(0)
