@@ -5,12 +5,14 @@
     python bench/space_ab.py --variant-strategy model                       # same space: model vs random
     python bench/space_ab.py --strategy model --variant-search population=128 generations=6
     python bench/space_ab.py --strategy model --variant-batch-size 8 --workloads conv2d_nchw dense
+    python bench/space_ab.py --strategy model --corpus corpus.db --variant-model RETRAIN_GROWTH=0.05
 
 For each workload (bench/compare.py's suite names) and seed: `autotune.tune` with the default
 space (search_spaces/cpu.toml) and with the variant (SpaceConfig fields set as given, and/or
 another strategy: --variant-strategy, and/or other ModelGuidedSearch parameters: --variant-search,
-and/or another batch size: --variant-batch-size),
-same trials and seed, each into a fresh database. Then
+and/or other cost-model constants: --variant-model, and/or another batch size: --variant-batch-size),
+same trials and seed, each into a fresh database, or into a copy of --corpus DB (records of other
+workloads on this machine, from compare.py --make-corpus: the model starts trained). Then
 each run's best (finals included) is built and all of them are timed head to head with PyTorch (compare.time_interleaved, 8
 placements, medians), so the two arms are compared in the same moments of the machine.
 
@@ -34,10 +36,10 @@ import dataclasses
 import statistics
 import tempfile
 import time
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import autotune
-from autotune import ops
+from autotune import cost_model, ops
 from autotune.search import ModelGuidedSearch
 from autotune.space_config import SpaceConfig, load_space_config
 from autotune.tuner import STRATEGIES
@@ -54,6 +56,36 @@ def variant_config(base: SpaceConfig, assignments: list[str]) -> SpaceConfig:
         else:
             changes[name] = type(current)(value)
     return dataclasses.replace(base, **changes)
+
+
+class Arm(NamedTuple):
+    """What one side of the A/B tunes with."""
+
+    config: SpaceConfig
+    strategy: str
+    search: list[str]  # ModelGuidedSearch parameters, name=value
+    model: list[str]  # cost_model constants, NAME=value
+    batch_size: int
+
+
+MODEL_CONSTANTS = ("RETRAIN_GROWTH", "MIN_TRAINING_RECORDS")
+
+
+@contextlib.contextmanager
+def model_constants(assignments: list[str]) -> Iterator[None]:
+    """cost_model's module constants (MODEL_CONSTANTS) set from "NAME=value" strings while tuning
+    (a bench-only override, like search_parameters)."""
+    saved = {name: getattr(cost_model, name) for name in MODEL_CONSTANTS}
+    for text in assignments:
+        name, _, value = text.partition("=")
+        if name not in MODEL_CONSTANTS:
+            raise SystemExit(f"--variant-model: {name!r} is not one of {', '.join(MODEL_CONSTANTS)}")
+        setattr(cost_model, name, type(saved[name])(value))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(cost_model, name, value)
 
 
 @contextlib.contextmanager
@@ -81,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant-strategy", choices=STRATEGIES, help="the variant's strategy (default: --strategy)")
     parser.add_argument("--variant-search", nargs="*", default=[],
                         help="the variant's model-guided search parameters, as name=value (epsilon, population, generations)")
+    parser.add_argument("--variant-model", nargs="*", default=[],
+                        help=f"the variant's cost-model constants, as NAME=value ({', '.join(MODEL_CONSTANTS)})")
+    parser.add_argument("--corpus", metavar="DB", help="tune every run in a copy of this database (compare.py "
+                        "--make-corpus) instead of an empty one")
     parser.add_argument("--batch-size", type=int, default=16, help="candidates per measured batch")
     parser.add_argument("--variant-batch-size", type=int, help="the variant's batch size (default: --batch-size)")
     parser.add_argument("--workloads", nargs="+", default=["matmul_512"], choices=list(compare.SUITE))
@@ -91,12 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     hw = autotune.resolve_target("llvm")
     default = load_space_config()
     variant_batch = args.variant_batch_size or args.batch_size
-    arms = {"default": (default, args.strategy, [], args.batch_size),
-            "variant": (variant_config(default, args.variant), args.variant_strategy or args.strategy, args.variant_search,
-                        variant_batch)}
-    print(f"# space_ab: variant {' '.join(args.variant + args.variant_search) or 'default space'}, {arms['variant'][1]}, "
+    if args.corpus and not os.path.isfile(args.corpus):
+        parser.error(f"--corpus {args.corpus}: no such file (make one with compare.py --make-corpus)")
+    arms = {"default": Arm(default, args.strategy, [], [], args.batch_size),
+            "variant": Arm(variant_config(default, args.variant), args.variant_strategy or args.strategy,
+                           args.variant_search, args.variant_model, variant_batch)}
+    changes = args.variant + args.variant_search + args.variant_model
+    print(f"# space_ab: variant {' '.join(changes) or 'default space'}, {arms['variant'].strategy}, "
           f"batches of {variant_batch}; against {args.strategy}, batches of {args.batch_size}; "
-          f"{args.trials} trials, seeds {args.seeds}; "
+          f"{args.trials} trials, seeds {args.seeds}; {'from a copy of ' + args.corpus if args.corpus else 'cold'}; "
           f"{hw.fingerprint.get('model_name')} ({hw.num_cores} cores), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print("| workload | seed | default ms | variant ms | variant/default | PyTorch ms | default wall s | variant wall s |")
     print("|---|---|---|---|---|---|---|---|")
@@ -108,14 +147,16 @@ def main(argv: list[str] | None = None) -> int:
             ref = compare.reference(workload, hw)
             timers, seeds, walls = {}, [], {}
             for seed in args.seeds:
-                for arm, (config, strategy, search, batch_size) in arms.items():
+                for arm, setup in arms.items():
                     db = os.path.join(tmp, f"{name}-{arm}-{seed}.db")
+                    if args.corpus:
+                        compare.copy_corpus(args.corpus, db, workload)
                     start = time.perf_counter()
-                    with search_parameters(search):
-                        autotune.tune(workload, target=hw, trials=args.trials, database=db, space=config,
-                                      strategy=strategy, batch_size=batch_size, seed=seed)
+                    with search_parameters(setup.search), model_constants(setup.model):
+                        autotune.tune(workload, target=hw, trials=args.trials, database=db, space=setup.config,
+                                      strategy=setup.strategy, batch_size=setup.batch_size, seed=seed)
                     walls[f"{arm}-{seed}"] = time.perf_counter() - start
-                    mod = autotune.apply_best(workload, target=hw, database=db, space=config)
+                    mod = autotune.apply_best(workload, target=hw, database=db, space=setup.config)
                     timers[f"{arm}-{seed}"] = compare.tvm_timer(f"{arm}-{seed}", mod, hw, ref)
                 seeds.append(seed)
             torch = compare.torch_timer(op, ref)
