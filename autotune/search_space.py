@@ -128,15 +128,12 @@ class SearchSpace:
     def sample_applied(self, rng: random.Random) -> tuple[Candidate, s_tir.Schedule]:
         """`sample`, with the candidate's schedule: validating a draw applies it, and a caller that
         needs the schedule (for features) need not apply it again."""
-        for _ in range(_MAX_SAMPLE_ATTEMPTS):
-            candidate = Candidate(self._draw(rng))
-            if (sch := self.try_apply(candidate)) is not None:
-                return candidate, sch
-        return self.default_candidate(), apply_candidate(self, self.default_candidate())
+        return self.sample_applied_many(rng, 1)[0]
 
     def sample_applied_many(self, rng: random.Random, n: int) -> list[tuple[Candidate, s_tir.Schedule]]:
-        """n samples with their schedules, applied together (`try_apply_all`). Like n calls of
-        `sample_applied`, except that a rejected draw is drawn again after the others."""
+        """n samples with their schedules, applied together (`try_apply_all`): each a draw TVM
+        accepts (a rejected draw is drawn again after the others, up to _MAX_SAMPLE_ATTEMPTS
+        rounds), or else the default schedule."""
         sampled: list[tuple[Candidate, s_tir.Schedule] | None] = [None] * n
         pending = list(range(n))
         for _ in range(_MAX_SAMPLE_ATTEMPTS):
