@@ -11,6 +11,15 @@ the same hardware train one model, so a new workload starts with a model that al
 well (transfer). The model retrains from scratch when its data has grown by a fifth since the
 last fit, which keeps retraining cheap in total over a long session; it is saved in the
 database after each fit (keyed by FEATURE_VERSION, so a model of older features is refitted).
+
+Between fits, a tune still learns from its own measurements at once: each update fits, for every
+workload it brought rows of, a small residual booster on that workload's rows alone, starting
+from the fitted model's predictions (XGBoost's base_margin), and predictions for that workload
+add it. Without it, a 256-trial tune on top of a cache of 1,300 records of other workloads would
+never be refitted; refitting from scratch whenever its own records grew cost 1.17x the tuning
+wall time (bench/RESULTS.md, 2026-12-03). Kept per workload, these trees do not shift the other
+workloads' predictions, as trees added to the shared model would (a session tunes several
+workloads with one model). They live until the next fit, which learns the same rows.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 MIN_TRAINING_RECORDS = 16  # below this, the search explores at random
 RETRAIN_GROWTH = 0.2
+RESIDUAL_ROUNDS = 30  # rounds of each workload's residual booster (module docstring); 0 = none
 MAX_WARM_START_RECORDS = 20_000
 
 LOG_FLOOR = 6.0  # labels stop at 2**-6 of the best throughput
@@ -84,6 +94,7 @@ class CostModel:
     groups: list[str] = field(default_factory=list)
     booster: xgb.Booster | None = None
     trained_on: int = 0  # rows the booster was last fitted on
+    residuals: dict[str, xgb.Booster] = field(default_factory=dict)  # per group, fitted since
 
     @property
     def is_trained(self) -> bool:
@@ -99,11 +110,14 @@ class CostModel:
         labels = relative_log_throughput(self.latencies, self.groups)
         self.booster = xgb.train(_PARAMS, xgb.DMatrix(self.features, label=labels), num_boost_round=_ROUNDS)
         self.trained_on = len(self.groups)
+        self.residuals = {}
 
     def update(self, features: np.ndarray, latencies: np.ndarray, groups: Sequence[str]) -> bool:
-        """Add rows; retrain when the data grew by RETRAIN_GROWTH. Returns whether it retrained."""
+        """Add rows; retrain when the data grew by RETRAIN_GROWTH, else refit the residual boosters
+        of the new rows' groups. Returns whether it retrained."""
         if len(groups) == 0:
             return False
+        updated = set(groups)
         features = np.vstack([self.features, np.asarray(features, dtype=np.float32)])
         latencies = np.concatenate([self.latencies, np.asarray(latencies, dtype=np.float64)])
         groups = self.groups + list(groups)
@@ -111,14 +125,32 @@ class CostModel:
             self.fit(features, latencies, groups)
             return True
         self.features, self.latencies, self.groups = features, latencies, groups
+        for group in updated:
+            self._fit_residual(group)
         return False
 
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        """Predicted log2 throughput relative to the workload's best (higher is faster); zeros when untrained."""
+    def _fit_residual(self, group: str) -> None:
+        """Fit `group`'s residual booster on its rows (at least MIN_TRAINING_RECORDS of them),
+        from the fitted model's predictions (module docstring)."""
+        rows = np.asarray(self.groups) == group
+        if self.booster is None or RESIDUAL_ROUNDS <= 0 or rows.sum() < MIN_TRAINING_RECORDS:
+            return
+        labels = relative_log_throughput(self.latencies[rows], [group] * int(rows.sum()))
+        train = xgb.DMatrix(self.features[rows], label=labels)
+        train.set_base_margin(self.booster.predict(train, output_margin=True))
+        self.residuals[group] = xgb.train(_PARAMS, train, num_boost_round=RESIDUAL_ROUNDS)
+
+    def predict(self, features: np.ndarray, group: str | None = None) -> np.ndarray:
+        """Predicted log2 throughput relative to the workload's best (higher is faster); zeros when
+        untrained. With the candidates' `group` (workload key), its residual booster is added."""
         features = np.asarray(features, dtype=np.float32)
         if self.booster is None or len(features) == 0:
             return np.zeros(len(features), dtype=np.float32)
-        return self.booster.predict(xgb.DMatrix(features))
+        data = xgb.DMatrix(features)
+        if group not in self.residuals:
+            return self.booster.predict(data)
+        data.set_base_margin(self.booster.predict(data, output_margin=True))
+        return self.residuals[group].predict(data)
 
     def save(self) -> bytes:
         """The booster in XGBoost's own JSON format (no pickle)."""

@@ -152,7 +152,7 @@ class ModelGuidedSearch(RandomSearch):
         rows = self._features(fresh)
         valid = [(c, row) for c, row in zip(fresh, rows) if row is not None]
         if valid:
-            predictions = self.model.predict(np.stack([row for _, row in valid]))
+            predictions = self.model.predict(np.stack([row for _, row in valid]), group=self.space.workload.key)
             for (candidate, _), score in zip(valid, predictions):
                 scored[candidate.key] = (float(score), candidate)
         keys = dict.fromkeys(c.key for c in candidates if c.key in scored)  # in order: ties keep it, whatever the hash seed

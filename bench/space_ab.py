@@ -68,7 +68,7 @@ class Arm(NamedTuple):
     batch_size: int
 
 
-MODEL_CONSTANTS = ("RETRAIN_GROWTH", "MIN_TRAINING_RECORDS")
+MODEL_CONSTANTS = ("RETRAIN_GROWTH", "MIN_TRAINING_RECORDS", "RESIDUAL_ROUNDS")
 
 
 @contextlib.contextmanager

@@ -82,6 +82,26 @@ def test_update_retrains_only_when_data_grew_enough():
     assert model.update(x[45:50], latency[45:50], ["w"] * 5) and model.trained_on == 50
 
 
+def test_updates_between_fits_learn_the_new_workload_own_rows():
+    """A model fitted on workload "a" (faster with a small feature 0) ranks workload "b" (faster with
+    a small feature 1) no better than chance; b's rows, too few for a refit, are learned by b's
+    residual booster, and a's predictions do not change."""
+    rng = np.random.default_rng(2)
+    x = rng.random((300, FEATURE_LENGTH)).astype(np.float32)
+    latency_a, latency_b = 1e-3 * (1 + 10 * x[:200, 0]), 1e-3 * (1 + 10 * x[200:, 1])
+    model = CostModel()
+    model.fit(x[:200], latency_a, ["a"] * 200)
+    ranks = lambda v: np.argsort(np.argsort(v))  # noqa: E731
+    spearman_b = lambda: np.corrcoef(ranks(model.predict(x[238:], "b")), ranks(-latency_b[38:]))[0, 1]  # noqa: E731
+    before, predicted_a = spearman_b(), model.predict(x[:200], "a")
+    for start in (200, 219):  # 238 rows: 1 short of the refit at +20%
+        assert not model.update(x[start:start + 19], latency_b[start - 200:start - 181], ["b"] * 19)
+    assert model.trained_on == 200 and set(model.residuals) == {"b"}
+    assert before < 0.3 and spearman_b() > before + 0.3
+    np.testing.assert_array_equal(model.predict(x[:200], "a"), predicted_a)
+    assert model.update(x[238:250], latency_b[38:50], ["b"] * 12) and not model.residuals  # refit: b is in the fit
+
+
 def _records(space, hw, latencies):
     rng = random.Random(0)
     out = []
