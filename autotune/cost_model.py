@@ -94,7 +94,7 @@ class CostModel:
     groups: list[str] = field(default_factory=list)
     booster: xgb.Booster | None = None
     trained_on: int = 0  # rows the booster was last fitted on
-    residuals: dict[str, xgb.Booster] = field(default_factory=dict)  # per group, fitted since
+    residuals: dict[str, xgb.Booster] = field(default_factory=dict)  # per group, since the last fit
 
     @property
     def is_trained(self) -> bool:
