@@ -57,6 +57,12 @@ def _synthetic(n, rng):
     return x, 1e-3 * (1.0 + 10.0 * x[:, 0])
 
 
+def _spearman(a, b):
+    """Rank correlation of two vectors (the correlation of their ranks)."""
+    ranks = lambda v: np.argsort(np.argsort(v))  # noqa: E731
+    return np.corrcoef(ranks(a), ranks(b))[0, 1]
+
+
 def test_model_ranks_an_easy_case_and_round_trips(tmp_path):
     rng = np.random.default_rng(0)
     x, latency = _synthetic(400, rng)
@@ -65,8 +71,7 @@ def test_model_ranks_an_easy_case_and_round_trips(tmp_path):
     model.fit(x[:350], latency[:350], ["w"] * 350)
     predicted = model.predict(x[350:])
     order_true = np.argsort(latency[350:])
-    ranks = lambda v: np.argsort(np.argsort(v))  # noqa: E731  (Spearman: correlation of ranks)
-    assert np.corrcoef(ranks(predicted), ranks(-latency[350:]))[0, 1] > 0.8  # noise alone gives ~0
+    assert _spearman(predicted, -latency[350:]) > 0.8  # noise alone gives ~0
     assert set(np.argsort(-predicted)[:5]) & set(order_true[:10])
     loaded = CostModel.load(model.save(), trained_on=350)
     np.testing.assert_allclose(loaded.predict(x[350:]), predicted, rtol=1e-6)
@@ -91,8 +96,7 @@ def test_updates_between_fits_learn_the_new_workload_own_rows():
     latency_a, latency_b = 1e-3 * (1 + 10 * x[:200, 0]), 1e-3 * (1 + 10 * x[200:, 1])
     model = CostModel()
     model.fit(x[:200], latency_a, ["a"] * 200)
-    ranks = lambda v: np.argsort(np.argsort(v))  # noqa: E731
-    spearman_b = lambda: np.corrcoef(ranks(model.predict(x[238:], "b")), ranks(-latency_b[38:]))[0, 1]  # noqa: E731
+    spearman_b = lambda: _spearman(model.predict(x[238:], "b"), -latency_b[38:])  # noqa: E731
     before, predicted_a = spearman_b(), model.predict(x[:200], "a")
     for start in (200, 219):  # 238 rows: 1 short of the refit at +20%
         assert not model.update(x[start:start + 19], latency_b[start - 200:start - 181], ["b"] * 19)
