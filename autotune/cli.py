@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import logs, ops
+from . import logs, ops, vector_math
 from .database import Database, default_database_path
 from .errors import AutotuneError, BudgetError, FleetError, ShapeError
 from .measure import MeasureOptions
@@ -197,7 +197,7 @@ def cmd_compile_model(args: argparse.Namespace) -> int:
     _print_model_report(report)
     if args.out:
         executable, _, _ = build_session(args.session, args.db, target)
-        executable.export_library(args.out)
+        vector_math.export_library(executable, args.out, resolve_target(target).target)
         print(f"wrote the tuned model to {args.out} (load with tvm.runtime.load_module + relax.VirtualMachine)")
     return 0 if report.correct else 1
 
@@ -426,7 +426,7 @@ def _timed_with_numpy(result: TuneResult, rounds: int = 5) -> tuple[float, float
 
     # Before the first parallel kernel of this process starts TVM's thread pool: its default on x86 is half the cores.
     os.environ.setdefault("TVM_NUM_THREADS", str(result.target.num_cores))
-    lib = tvm.compile(result.mod, target=result.target.target)
+    lib = vector_math.build(result.mod, result.target.target)
     arrays = result.workload.random_inputs(0)
     tensors = [tvm.runtime.tensor(a, tvm.cpu()) for a in arrays]
     timing = MeasureOptions()  # as the runner times a candidate

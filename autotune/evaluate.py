@@ -25,6 +25,7 @@ from .measure import WorkerDied, WorkerProcess
 from .model import random_model_inputs
 from .pipeline import apply_database
 from .session import load_session_model
+from . import vector_math
 from .target import HardwareTarget, resolve_target
 
 RTOL, ATOL = 1e-3, 1e-4
@@ -70,7 +71,7 @@ def _build(mod: tvm.IRModule, hw: HardwareTarget, db: Database | None) -> tuple[
     if db is not None:
         mod, report = apply_database(mod, hw, db)
         applied, untuned = report.applied, report.untuned
-    return tvm.compile(mod, target=hw.target, relax_pipeline="default"), applied, untuned
+    return vector_math.build(mod, hw.target, relax_pipeline="default"), applied, untuned
 
 
 def evaluate_session(
@@ -115,7 +116,7 @@ def evaluate_session(
 def _run_in_worker(ex: Any, inputs: list[np.ndarray], tmp: Path, label: str, hw: HardwareTarget, repeat: int
                    ) -> tuple[list[np.ndarray], float]:
     lib = tmp / f"{label}.so"
-    ex.export_library(str(lib))
+    vector_math.export_library(ex, str(lib), hw.target)
     return _worker_job({"job": "model", "lib_path": str(lib)}, inputs, tmp, label, hw, repeat)
 
 

@@ -36,6 +36,7 @@ from .database import Database, open_database
 from .errors import AutotuneError, WorkloadError
 from .records import TrialRecord
 from .space_config import SpaceConfig, load_space_config
+from . import vector_math
 from .target import HardwareTarget, resolve_target
 from .tuner import apply_record, replay_schedule
 from .workload import Workload, as_workload, stored_workload
@@ -152,8 +153,8 @@ def compile(  # noqa: A001 - mirrors tvm.compile
     mod, report = apply_database(mod, hw, database, space=space)
     logger.info("schedules applied: %s; untuned: %s", list(report.applied), list(report.untuned))
     if relax_module:
-        return tvm.compile(mod, target=hw.target, relax_pipeline="default")
-    return tvm.compile(mod, target=hw.target)
+        return vector_math.build(mod, hw.target, relax_pipeline="default")
+    return vector_math.build(mod, hw.target)
 
 
 @derived_object

@@ -111,17 +111,28 @@ def vector_registers(target: tvm.target.Target) -> VectorRegisters | None:
     bytes. None for other targets, whose register tiles are then not bounded by it."""
     if str(target.kind.name) != "llvm":
         return None
-    triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
-    if triple.startswith(("aarch64", "arm64")):
+    if llvm_triple(target).startswith(("aarch64", "arm64")):
         return VectorRegisters(32, 16)
-    if not triple.startswith(("x86_64", "i686", "i386")):
+    features = x86_features(target)
+    if features is None:
         return None
-    features = {str(f) for f in codegen.llvm_get_cpu_features(target)}
     if "avx512f" in features:
         return VectorRegisters(32, 64)
     if "avx" in features:
         return VectorRegisters(16, 32)
     return VectorRegisters(16, 16)
+
+
+def llvm_triple(target: tvm.target.Target) -> str:
+    """The triple an llvm target compiles for: its mtriple, else this host's."""
+    return str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
+
+
+def x86_features(target: tvm.target.Target) -> frozenset[str] | None:
+    """The LLVM CPU features (avx2, avx512f, ...) of an x86 llvm target; None for any other target."""
+    if str(target.kind.name) != "llvm" or not llvm_triple(target).startswith(("x86_64", "i686", "i386")):
+        return None
+    return frozenset(str(f) for f in codegen.llvm_get_cpu_features(target))
 
 
 def resolve_target(spec: Any = None) -> HardwareTarget:

@@ -21,6 +21,8 @@ import tvm
 
 from .search_space import Candidate, SearchSpace, apply_candidate, trace_json
 from .space_config import SpaceConfig
+from .vector_math import build as build_module
+from .vector_math import export_library
 from .workload import Workload, as_workload
 
 _workloads: dict[str, Workload] = {}
@@ -54,14 +56,14 @@ def build(req: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     space = _space(req)
     sch = apply_candidate(space, Candidate(req["decisions"]))
-    _export(tvm.compile(sch.mod, target=tvm.target.Target(req["target"])), req)
+    _export(build_module(sch.mod, _target(req)), req)
     return {"ok": True, "trace": trace_json(sch), "build_secs": time.perf_counter() - start}
 
 
 def build_reference(req: dict[str, Any]) -> dict[str, Any]:
     """Build the untuned function for a remote device and save its seeded random inputs to req["inputs_path"]."""
     workload = _workload(req)
-    _export(tvm.compile(workload.mod, target=tvm.target.Target(req["target"])), req)
+    _export(build_module(workload.mod, _target(req)), req)
     arrays = workload.random_inputs(seed=req.get("seed", 0))
     np.savez(req["inputs_path"], **{f"arg{i}": a for i, a in enumerate(arrays)})
     return {"ok": True}
@@ -69,18 +71,22 @@ def build_reference(req: dict[str, Any]) -> dict[str, Any]:
 
 def _export(executable: Any, req: dict[str, Any]) -> None:
     """Export a shared library, with the cross compiler named in the request if there is one."""
+    fcompile = None
     if req.get("cross_compiler"):
         from tvm.support import cc
 
-        executable.export_library(req["out_path"], fcompile=cc.cross_compiler(req["cross_compiler"]))
-    else:
-        executable.export_library(req["out_path"])
+        fcompile = cc.cross_compiler(req["cross_compiler"])
+    export_library(executable, req["out_path"], _target(req), fcompile)
+
+
+def _target(req: dict[str, Any]) -> tvm.target.Target:
+    return tvm.target.Target(req["target"])
 
 
 def reference(req: dict[str, Any]) -> dict[str, Any]:
     """Build the untuned function, run it on seeded random inputs, save inputs and outputs to req["out_path"]."""
     workload = _workload(req)
-    lib = tvm.compile(workload.mod, target=tvm.target.Target(req["target"]))
+    lib = build_module(workload.mod, _target(req))
     arrays = workload.random_inputs(seed=req.get("seed", 0))
     return _run_and_save(lib, tvm.cpu(), arrays, req["out_path"])
 

@@ -13,7 +13,8 @@ For every workload and budget N, in this process: autotune (`autotune.tune(..., 
 strategy=S)`, a fresh temporary database per workload, budget and strategy), then MetaSchedule
 (`tune_tir`, same tvm Target, `max_trials_global=N`, `num_trials_per_iter=min(64, N)`, its logs in
 a temporary work dir). Once every tool has tuned a workload, their best schedules (`apply_best`,
-`compile_tir`) are rebuilt here, checked against TVM's untuned build on `workload.random_inputs(0)`
+`compile_tir`) are rebuilt here the same way (`autotune.vector_math.build`: vector exp, tanh, ... from
+glibc's libmvec, for MetaSchedule's schedule too), checked against the untuned build on `workload.random_inputs(0)`
 and re-timed together (`time_evaluator`, number=1, repeat=5, min_repeat_ms=30, median: as autotune's
 runner timed until it went to 10 ms repeats, which spread the same) at each of 8 random placements of their arrays in memory, the same for
 every tool, every tool in turn at each placement (these VMs change speed within seconds: the
@@ -76,7 +77,7 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 
 import autotune
-from autotune import ops
+from autotune import ops, vector_math
 from autotune.cost_model import warm_start
 from autotune.database import open_database
 from autotune.features import FEATURE_VERSION
@@ -172,7 +173,7 @@ def close(got: np.ndarray, want: np.ndarray) -> bool:
 def reference(workload: autotune.Workload, hw: autotune.HardwareTarget) -> Reference:
     arrays = workload.random_inputs(0)
     outputs = [i for i, info in enumerate(workload.args) if info.is_output]
-    lib = tvm.compile(workload.mod, target=hw.target)
+    lib = vector_math.build(workload.mod, hw.target)
     tensors = [tvm.runtime.tensor(a, tvm.cpu()) for a in arrays]
     lib["main"](*tensors)
     return Reference(arrays, outputs, [tensors[i].numpy() for i in outputs])
@@ -195,7 +196,7 @@ def tvm_timer(name: str, mod: tvm.IRModule, hw: autotune.HardwareTarget, ref: Re
     """`mod` built here, timed with time_evaluator, 5 x >= 30 ms, median (autotune's runner now repeats for
     10 ms, MeasureOptions.min_repeat_ms; the longer repeats are kept here so that runs stay comparable)."""
     try:
-        lib = tvm.compile(mod, target=hw.target)
+        lib = vector_math.build(mod, hw.target)
     except Exception as exc:  # named, so that retime_together can set that tool aside
         raise ValueError(f"{name}: does not build here: {one_line(exc)}") from exc
     evaluator = lib.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=5, min_repeat_ms=30)

@@ -37,7 +37,7 @@ import numpy as np
 import tvm
 
 import autotune
-from autotune import ops
+from autotune import ops, vector_math
 
 try:
     import torch
@@ -129,7 +129,7 @@ def time_kernels(kernels: dict[str, Kernel], rounds: int = 7) -> dict[str, float
 
 def tvm_kernel(mod: tvm.IRModule, hw: autotune.HardwareTarget, arrays: list[np.ndarray]) -> tuple[Kernel, list[Any]]:
     """Compile a module for the target; a no-argument function calling it on `arrays`, and its tensors."""
-    lib = tvm.compile(mod, target=hw.target)
+    lib = vector_math.build(mod, hw.target)
     tensors = [tvm.runtime.tensor(a, tvm.cpu()) for a in arrays]
     main = lib["main"]
     return (lambda: main(*tensors)), tensors
