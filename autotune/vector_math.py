@@ -21,6 +21,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import threading
 from typing import Any, Callable, Iterator
 
 import tvm
@@ -28,12 +29,18 @@ from tvm import tirx
 
 from .target import x86_features
 
-# TIR intrinsic -> libmvec's name for float64 ("f" appended for float32). TVM vectorizes these
-# (their TVectorizable attribute; sigmoid is lowered to exp). erf is not: VectorizeLoop scalarizes it.
+# TIR intrinsic -> libmvec's name for float64 ("f" appended for float32). TVM vectorizes these (their
+# TVectorizable attribute; sigmoid is lowered to exp), and lowers a vector call LLVM then scalarizes.
 FUNCTIONS: dict[str, str] = {
     "tirx.exp": "exp", "tirx.exp2": "exp2", "tirx.log": "log", "tirx.log10": "log10", "tirx.tanh": "tanh",
     "tirx.sinh": "sinh", "tirx.cosh": "cosh", "tirx.sin": "sin", "tirx.cos": "cos", "tirx.tan": "tan",
     "tirx.pow": "pow",
+}
+# These TVM does not vectorize: a vectorized loop that calls one (GELU's erf) is turned back into a
+# scalar loop, all of it. Within `lowering` they are marked vectorizable, and a vector call of one
+# that libmvec has no variant for is split into one call per lane here.
+SCALARIZED_BY_TVM: dict[str, str] = {
+    "tirx.erf": "erf", "tirx.log1p": "log1p", "tirx.atan": "atan", "tirx.asin": "asin", "tirx.acos": "acos",
 }
 # Register bits -> (x86 vector ABI ISA letter, the LLVM feature it needs), widest first.
 _ISA_BY_BITS: tuple[tuple[int, str, str], ...] = ((512, "e", "avx512f"), (256, "d", "avx2"), (256, "c", "avx"),
@@ -42,6 +49,8 @@ _LEVEL = 99  # above TVM's own lowerings (level 10)
 _FLOAT = tvm.DataType("float32").type_code
 
 _active_isas: contextvars.ContextVar[dict[int, str] | None] = contextvars.ContextVar("vector_math_isas", default=None)
+_builds_lock = threading.Lock()
+_builds_within = 0  # threads inside `lowering` with libmvec: SCALARIZED_BY_TVM is vectorizable while > 0
 
 
 def enabled() -> bool:
@@ -81,11 +90,14 @@ def lowering(target: tvm.target.Target) -> Iterator[None]:
     isas = register_isas(target)
     if isas:
         _register_lowerings()
+        _count_build(+1)
     token = _active_isas.set(isas or None)
     try:
         yield
     finally:
         _active_isas.reset(token)
+        if isas:
+            _count_build(-1)
 
 
 def libmvec_name(base: str, dtype: tvm.DataType, isa: str, arity: int) -> str:
@@ -113,28 +125,41 @@ def _libmvec() -> ctypes.CDLL | None:
 
 @functools.lru_cache(maxsize=None)
 def _register_lowerings() -> None:
-    """Put our lowering of each function in FUNCTIONS in front of TVM's (once per process); it
-    falls back to TVM's own outside `lowering` and for calls it does not handle."""
-    for op_name, base in FUNCTIONS.items():
+    """Put our lowering of each function in front of TVM's (once per process); it falls back to
+    TVM's own outside `lowering` and for calls it does not handle."""
+    for op_name, base in [*FUNCTIONS.items(), *SCALARIZED_BY_TVM.items()]:
         op = tvm.ir.Op.get(op_name)
         fallback = op.get_attr("llvm.FLowerIntrinsic") or op.get_attr("default.FLowerIntrinsic")
-        tirx.register_intrin_lowering(op_name, "llvm", f=_lowering_for(base, fallback), level=_LEVEL)
+        lower = _lowering_for(base, fallback, per_lane=op_name in SCALARIZED_BY_TVM)
+        tirx.register_intrin_lowering(op_name, "llvm", f=lower, level=_LEVEL)
 
 
-def _lowering_for(base: str, fallback: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+def _count_build(step: int) -> None:
+    """Mark SCALARIZED_BY_TVM vectorizable while any thread builds within `lowering`, and only then:
+    outside, TVM's fallback would pass a vector to the scalar libm function."""
+    global _builds_within
+    with _builds_lock:
+        before, _builds_within = _builds_within, _builds_within + step
+        if before == 0 or _builds_within == 0:
+            for op_name in SCALARIZED_BY_TVM:
+                op = tvm.ir.Op.get(op_name)
+                op.set_attr("TVectorizable", True) if _builds_within else op.reset_attr("TVectorizable")
+
+
+def _lowering_for(base: str, fallback: Callable[[Any], Any], *, per_lane: bool) -> Callable[[Any], Any]:
     def lower(call: Any) -> Any:
         isas = _active_isas.get()
         lowered = _vector_call(call, base, isas) if isas else None
-        if lowered is not None:
-            return lowered
-        return fallback(call) if fallback is not None else call
+        if lowered is None and per_lane and _lanes_of(call) > 1:
+            lowered = _per_lane(call, fallback)
+        return lowered if lowered is not None else fallback(call)
 
     return lower
 
 
 def _vector_call(call: Any, base: str, isas: dict[int, str]) -> Any:
     """The call as libmvec calls on register-wide pieces, or None when libmvec has no variant for it."""
-    dtype = tvm.DataType(str(call.ty))
+    dtype = _dtype(call)
     if dtype.type_code != _FLOAT or dtype.bits not in (32, 64) or dtype.lanes < 2:
         return None
     total_bits = dtype.bits * dtype.lanes
@@ -157,6 +182,23 @@ def _extern(base: str, dtype: tvm.DataType, isa: str, args: list[Any]) -> Any:
     if not hasattr(_libmvec(), name):  # glibc before 2.35 has exp, log, sin, cos, pow only
         return None
     return tirx.call_pure_extern(str(dtype), name, *args)
+
+
+def _per_lane(call: Any, fallback: Callable[[Any], Any]) -> Any:
+    """A vector call as one scalar call per lane (TVM's lowering of each), gathered into a vector."""
+    dtype = _dtype(call)
+    scalar = tvm.DataType(f"float{dtype.bits}")
+    calls = [fallback(tirx.call_intrin(str(scalar), call.op.name, *(_lanes(arg, lane, 1) for arg in call.args)))
+             for lane in range(dtype.lanes)]
+    return tirx.Shuffle(calls, [tirx.IntImm("int32", i) for i in range(dtype.lanes)])
+
+
+def _dtype(call: Any) -> tvm.DataType:
+    return tvm.DataType(str(call.ty))
+
+
+def _lanes_of(call: Any) -> int:
+    return _dtype(call).lanes
 
 
 def _lanes(vector: Any, start: int, count: int) -> Any:

@@ -213,16 +213,16 @@ def tvm_timer(name: str, mod: tvm.IRModule, hw: autotune.HardwareTarget, ref: Re
     return timed
 
 
-def torch_timer(op: str, ref: Reference) -> Timer | str:
+def torch_timer(op: str, ref: Reference, epilogue: str = "relu") -> Timer | str:
     """PyTorch eager on the placed inputs (median of single calls; it allocates its output itself), checked
     against the untuned build; or why there is none."""
     if torch is None:
         return "torch not installed"
-    if torch_fn(op, [a for i, a in enumerate(ref.arrays) if i not in ref.outputs]) is None:
+    if torch_fn(op, [a for i, a in enumerate(ref.arrays) if i not in ref.outputs], epilogue) is None:
         return f"no torch equivalent of {op}"
 
     def timed(views: list[np.ndarray]) -> float:
-        fn = torch_fn(op, [v for i, v in enumerate(views) if i not in ref.outputs])
+        fn = torch_fn(op, [v for i, v in enumerate(views) if i not in ref.outputs], epilogue)
         with torch.inference_mode():
             got = np.asarray(fn())
             if got.shape != ref.want[0].shape or not close(got, ref.want[0]):
@@ -231,9 +231,9 @@ def torch_timer(op: str, ref: Reference) -> Timer | str:
     return timed
 
 
-def torch_fn(op: str, inputs: list[np.ndarray]) -> Callable[[], Any] | None:
+def torch_fn(op: str, inputs: list[np.ndarray], epilogue: str = "relu") -> Callable[[], Any] | None:
     """A no-argument call of PyTorch eager computing `op` on `inputs` (views of them), or None."""
-    return torch_kernel(op, inputs) or depthwise_or_bmm(op, [torch.from_numpy(a) for a in inputs])
+    return torch_kernel(op, inputs, epilogue) or depthwise_or_bmm(op, [torch.from_numpy(a) for a in inputs])
 
 
 def time_interleaved(timers: dict[str, Timer], ref: Reference, placements: int, seed: int = 0) -> dict[str, list[float]]:

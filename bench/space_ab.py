@@ -6,15 +6,19 @@
     python bench/space_ab.py --strategy model --variant-search population=128 generations=6
     python bench/space_ab.py --strategy model --variant-batch-size 8 --workloads conv2d_nchw dense
     python bench/space_ab.py --strategy model --corpus corpus.db --variant-model RETRAIN_GROWTH=0.05
+    python bench/space_ab.py --strategy model --variant-env AUTOTUNE_VECTOR_MATH=0 --workloads softmax bert_ffn1
 
 For each workload (bench/compare.py's suite names) and seed: `autotune.tune` with the default
 space (search_spaces/cpu.toml) and with the variant (SpaceConfig fields set as given, and/or
 another strategy: --variant-strategy, and/or other ModelGuidedSearch parameters: --variant-search,
-and/or other cost-model constants: --variant-model, and/or another batch size: --variant-batch-size),
+and/or other cost-model constants: --variant-model, and/or another batch size: --variant-batch-size,
+and/or environment variables set while it tunes and while its best is built: --variant-env),
 same trials and seed, each into a fresh database, or into a copy of --corpus DB (records of other
 workloads on this machine, from compare.py --make-corpus: the model starts trained). Then
 each run's best (finals included) is built and all of them are timed head to head with PyTorch (compare.time_interleaved, 8
 placements, medians), so the two arms are compared in the same moments of the machine.
+
+Workloads: compare.py's suite and extras, or its corpus shapes from real models (bert_ffn1, ...).
 
 Columns: per seed, the default's and the variant's best (ms) and variant/default (> 1: the
 default space found the faster kernel); PyTorch (ms); each arm's tuning wall time (s). The last
@@ -66,6 +70,7 @@ class Arm(NamedTuple):
     search: list[str]  # ModelGuidedSearch parameters, name=value
     model: list[str]  # cost_model constants, NAME=value
     batch_size: int
+    env: list[str]  # environment variables, NAME=value
 
 
 MODEL_CONSTANTS = ("RETRAIN_GROWTH", "MIN_TRAINING_RECORDS", "RESIDUAL_ROUNDS")
@@ -86,6 +91,26 @@ def model_constants(assignments: list[str]) -> Iterator[None]:
     finally:
         for name, value in saved.items():
             setattr(cost_model, name, value)
+
+
+@contextlib.contextmanager
+def environment(assignments: list[str]) -> Iterator[None]:
+    """os.environ with "NAME=value" strings set (the tune's worker processes inherit it)."""
+    saved = dict(os.environ)
+    os.environ.update(text.partition("=")[::2] for text in assignments)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def workload_spec(name: str) -> tuple[str, str, dict]:
+    """(operator, shape, options) of a compare.py suite, extra or corpus workload."""
+    if name in compare.WORKLOADS:
+        op, shape, _, options = compare.WORKLOADS[name]
+        return op, shape, options
+    return compare.CORPUS[name]
 
 
 @contextlib.contextmanager
@@ -119,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                         "--make-corpus) instead of an empty one")
     parser.add_argument("--batch-size", type=int, default=16, help="candidates per measured batch")
     parser.add_argument("--variant-batch-size", type=int, help="the variant's batch size (default: --batch-size)")
-    parser.add_argument("--workloads", nargs="+", default=["matmul_512"], choices=list(compare.SUITE))
+    parser.add_argument("--variant-env", nargs="*", default=[],
+                        help="environment variables of the variant's tune and build, as NAME=value")
+    parser.add_argument("--workloads", nargs="+", default=["matmul_512"], choices=[*compare.WORKLOADS, *compare.CORPUS])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=64)
     parser.add_argument("--strategy", default="random", choices=STRATEGIES)
@@ -129,10 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     variant_batch = args.variant_batch_size or args.batch_size
     if args.corpus and not os.path.isfile(args.corpus):
         parser.error(f"--corpus {args.corpus}: no such file (make one with compare.py --make-corpus)")
-    arms = {"default": Arm(default, args.strategy, [], [], args.batch_size),
+    arms = {"default": Arm(default, args.strategy, [], [], args.batch_size, []),
             "variant": Arm(variant_config(default, args.variant), args.variant_strategy or args.strategy,
-                           args.variant_search, args.variant_model, variant_batch)}
-    changes = args.variant + args.variant_search + args.variant_model
+                           args.variant_search, args.variant_model, variant_batch, args.variant_env)}
+    changes = args.variant + args.variant_search + args.variant_model + args.variant_env
     print(f"# space_ab: variant {' '.join(changes) or 'default space'}, {arms['variant'].strategy}, "
           f"batches of {variant_batch}; against {args.strategy}, batches of {args.batch_size}; "
           f"{args.trials} trials, seeds {args.seeds}; {'from a copy of ' + args.corpus if args.corpus else 'cold'}; "
@@ -142,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios, wall_ratios = [], []
     with tempfile.TemporaryDirectory(prefix="space-ab-") as tmp:
         for name in args.workloads:
-            op, shape, _, options = compare.SUITE[name]
+            op, shape, options = workload_spec(name)
             workload = ops.make(op, shape, **options)
             ref = compare.reference(workload, hw)
             timers, seeds, walls = {}, [], {}
@@ -152,14 +179,14 @@ def main(argv: list[str] | None = None) -> int:
                     if args.corpus:
                         compare.copy_corpus(args.corpus, db, workload)
                     start = time.perf_counter()
-                    with search_parameters(setup.search), model_constants(setup.model):
+                    with search_parameters(setup.search), model_constants(setup.model), environment(setup.env):
                         autotune.tune(workload, target=hw, trials=args.trials, database=db, space=setup.config,
                                       strategy=setup.strategy, batch_size=setup.batch_size, seed=seed)
-                    walls[f"{arm}-{seed}"] = time.perf_counter() - start
-                    mod = autotune.apply_best(workload, target=hw, database=db, space=setup.config)
-                    timers[f"{arm}-{seed}"] = compare.tvm_timer(f"{arm}-{seed}", mod, hw, ref)
+                        walls[f"{arm}-{seed}"] = time.perf_counter() - start
+                        mod = autotune.apply_best(workload, target=hw, database=db, space=setup.config)
+                        timers[f"{arm}-{seed}"] = compare.tvm_timer(f"{arm}-{seed}", mod, hw, ref)
                 seeds.append(seed)
-            torch = compare.torch_timer(op, ref)
+            torch = compare.torch_timer(op, ref, options.get("epilogue", "relu"))
             if not isinstance(torch, str):
                 timers["torch"] = torch
             secs = {k: statistics.median(v) for k, v in compare.time_interleaved(timers, ref, compare.RETIME_PLACEMENTS).items()}

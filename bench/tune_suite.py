@@ -61,15 +61,17 @@ SUITE: dict[str, tuple[str, str, dict[str, Any]]] = {
 Kernel = Callable[[], Any]
 
 
-def torch_kernel(op: str, args: list[np.ndarray]) -> Kernel | None:
-    """A no-argument function running the op in PyTorch eager on the workload's inputs."""
+def torch_kernel(op: str, args: list[np.ndarray], epilogue: str = "relu") -> Kernel | None:
+    """A no-argument function running the op in PyTorch eager on the workload's inputs (dense: with
+    its bias and `epilogue`, ops' option)."""
     if torch is None:
         return None
     t = [torch.from_numpy(a) for a in args]
     if op == "matmul":  # C = A @ B
         return lambda: torch.matmul(t[0], t[1])
-    if op == "dense":  # relu(X @ W.T + b), W laid out N x K as in nn.Linear
-        return lambda: F.relu(F.linear(t[0], t[1], t[2]))
+    if op == "dense":  # epilogue(X @ W.T + b), W laid out N x K as in nn.Linear; exact gelu, as ops'
+        act = {"relu": F.relu, "gelu": F.gelu, "none": lambda x: x}[epilogue]
+        return lambda: act(F.linear(t[0], t[1], t[2]))
     if op == "conv2d_nchw":  # relu(conv2d(data, weight OIHW, stride 1, padding 1) + bias); bias (K,1,1) -> (K,)
         bias = t[2].reshape(-1)
         return lambda: F.relu(F.conv2d(t[0], t[1], bias, stride=1, padding=1))
