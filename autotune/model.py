@@ -70,8 +70,8 @@ def extract_tasks(model: Any, example_inputs: Any = None, *, fast_math: bool = F
     """The model's tunable kernels as tasks, heaviest (most called) first.
 
     With `fast_math`, TVM's `relax.transform.FastMathTransform` first replaces softmax, exp, erf and
-    tanh by TVM's fast approximations (topi.fast_*: vectorizable polynomials instead of one libm
-    call per element, float32 only). The tests bound fast exp within 5e-7 relative near 0 and 1e-5 near
+    tanh by TVM's fast approximations (topi.fast_*: polynomials instead of glibc's exact vector
+    functions, which autotune's builds call otherwise (autotune.vector_math); float32 only). The tests bound fast exp within 5e-7 relative near 0 and 1e-5 near
     -80, and a softmax + tanh model within 1e-5 of PyTorch; erf is not measured.
     """
     mod = load_model(model, example_inputs)

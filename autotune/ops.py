@@ -80,7 +80,7 @@ _POOL_OPTIONS = {
     "padding": "padding on each spatial side (default 0)",
 }
 _SOFTMAX_OPTIONS = {
-    "fast_exp": "exp as TVM's topi.fast_exp, a vectorizable polynomial, instead of a libm call per element; "
+    "fast_exp": "exp as TVM's topi.fast_exp, a polynomial, instead of glibc's exact vector exp (libmvec); "
                 "relative error within 1e-5 for exponents near -80, 5e-7 near 0 (tests/test_ops.py) (true|false)",
 }
 _CONV_OPTIONS = {
@@ -306,8 +306,9 @@ def pool2d(
 
 @_operator("softmax", "M,N", (256, 1024), _SOFTMAX_OPTIONS, float_only=True)
 def softmax(shape: Shape, dtype: str = "float32", *, fast_exp: bool = False) -> Tensors:
-    """Softmax over the last axis. LLVM has no vector exp on x86, so a vectorized exp is a
-    libm call per lane; fast_exp uses TVM's polynomial (topi.nn.fast_softmax), float32 only."""
+    """Softmax over the last axis. autotune's builds turn a vectorized exp into one call of glibc's
+    vector exp (autotune.vector_math); fast_exp uses TVM's polynomial (topi.nn.fast_softmax)
+    instead, float32 only."""
     if fast_exp and dtype != "float32":
         raise ShapeError(f"fast_exp is float32 only (topi.fast_exp), not {dtype}")
     data = te.placeholder(shape, dtype, name="data")
