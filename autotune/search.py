@@ -22,7 +22,7 @@ from .cost_model import CostModel, latency_or_nan
 from .features import FeatureExtractor
 from .records import TrialRecord
 from .search_space import (Candidate, SearchSpace, draw_tile_level, draw_unroll, largest_unroll_step,
-                           leave_to_llvm_vectorizer, redraw_register_tile, redraw_vector_axis, rfactor_choices,
+                           leave_to_llvm_vectorizer, loop_vector_choices, redraw_register_tile, redraw_vector_axis, rfactor_choices,
                            smallest_prime_factor)
 
 # How many consecutive duplicate draws mean that the space is (nearly) exhausted.
@@ -245,8 +245,7 @@ def _mutate_block(block: dict[str, Any], rule: Any, space: SearchSpace, rng: ran
     elif key == "parallel":
         block["parallel"] = rng.randint(0, len(rule.spatial))
     else:
-        last = rule.spatial[-1] if rule.spatial else 1
-        block["vector"] = rng.choice([v for v in config.loop_vector_factors if last % v == 0] or [1])
+        block["vector"] = rng.choice(loop_vector_choices(rule, config, block["parallel"]))
 
 
 def _move_factor(block: dict[str, Any], rng: random.Random) -> None:

@@ -15,7 +15,8 @@ each a rule, with parameter domains from search_spaces/*.toml:
               is the vector (the NCHWc / GEMM-panel layouts of vendor libraries);
 - compute_at: producers without reuse (softmax's max/sum) go inside their consumer's loops at a
               searched depth, or stay at the root;
-- loops:      other blocks get parallel outer loops and a vectorized inner loop.
+- loops:      other blocks get parallel outer loops and a vectorized inner loop; a vector
+              width that does not divide the loop leaves a scalar tail (`padded_vector`).
 
 Reductions without reuse (compute_at and loops rules: row maxima and sums, mean and variance,
 wide pooling windows) may also have their reduction vectorized ("rfactor" decision): the innermost
@@ -49,6 +50,9 @@ from .target import VectorRegisters, available_cores
 from .workload import Workload
 
 CANDIDATE_FORMAT = 1
+# TVM's loop annotation that asks its LoopPartition pass to split a loop where a condition in it
+# changes value (within `vector_math.build`, which enables the pass for constant loops).
+LOOP_PARTITION_HINT = "pragma_loop_partition_hint"
 _MAX_SAMPLE_ATTEMPTS = 64
 
 
@@ -185,6 +189,8 @@ class SearchSpace:
                 d["rfactor"] = 1
             if _rfactor_of(d) > 1:
                 d["vector"] = 1  # the reduction's vector loop replaces the spatial one
+            if padded_vector(rule, d) and _fuses_padded_loop(rule, d["parallel"]):
+                d["parallel"] = len(rule.spatial) - 1
             if rule.rule == "tile" and d:
                 _canonical_tile(rule, d, self.config)
             if d.get("at") and d.get("inline"):
@@ -734,15 +740,42 @@ def _draw_loops(rule: BlockRule, config: SpaceConfig, rng: random.Random, jobs: 
     """Parallel depth (leading loops fused: among the depths with at least `jobs` iterations when
     some have and there is more than one core, else any depth, serial included), vector width, and
     the reduction's vector width where there is a choice."""
-    last = rule.spatial[-1] if rule.spatial else 1
-    vectors = [v for v in config.loop_vector_factors if last % v == 0] or [1]
     depths = range(len(rule.spatial) + 1)
     busy = [d for d in depths if d and _product(rule.spatial[:d]) >= jobs]
-    drawn = {"parallel": rng.choice(busy if busy and jobs > 1 else depths), "vector": rng.choice(vectors)}
+    parallel = rng.choice(busy if busy and jobs > 1 else depths)
+    drawn = {"parallel": parallel, "vector": rng.choice(loop_vector_choices(rule, config, parallel))}
     widths = rfactor_choices(rule, config)
     if widths != [1]:  # no key where there is no choice: such candidates stay as they were before rfactor
         drawn["rfactor"] = rng.choice(widths)
     return drawn
+
+
+def loop_vector_choices(rule: BlockRule, config: SpaceConfig, parallel: int) -> list[int]:
+    """Vector widths of a no-reuse block's last spatial loop (1 = scalar) with this parallel depth:
+    the configured widths that divide it, and, where config.loop_vector_tails and unless the
+    parallel loop would fuse the vector loop's outer part with others, those narrower than it
+    that do not (see `padded_vector`). Not for a reduction: its vector loop runs across rows,
+    each lane a gather a row apart, and such candidates with 8 to 64 lanes (softmax's row
+    maxima of 2364 rows) took LLVM 2 to 30 s to build, for kernels no faster."""
+    last = rule.spatial[-1] if rule.spatial else 1
+    may_pad = config.loop_vector_tails and not rule.reduction and not _fuses_padded_loop(rule, parallel)
+    return [v for v in config.loop_vector_factors if last % v == 0 or (may_pad and v < last)] or [1]
+
+
+def padded_vector(rule: BlockRule, d: dict[str, Any]) -> bool:
+    """Whether the block's vector width leaves a tail: its last spatial loop is then split with a
+    predicate, which TVM's vectorizer would scalarize whole (ViT's softmax rows of 197, a prime,
+    stayed scalar). The split's outer loop is marked for TVM's loop partitioning instead, which
+    builds it as a vector loop over the full vectors and a scalar loop over the tail
+    (`_apply_loops`, `vector_math.build`). TVM fuses no marked loop, and partitions no fused one,
+    so that loop is parallel only on its own (`_fuses_padded_loop`)."""
+    vector = int(d.get("vector", 1))
+    return rule.rule != "tile" and bool(rule.spatial) and vector > 1 and rule.spatial[-1] % vector != 0
+
+
+def _fuses_padded_loop(rule: BlockRule, parallel: int) -> bool:
+    """Whether a parallel loop this deep would fuse the vector loop's outer part with other loops."""
+    return len(rule.spatial) > 1 and parallel >= len(rule.spatial)
 
 
 def rfactor_choices(rule: BlockRule, config: SpaceConfig) -> list[int]:
@@ -906,6 +939,8 @@ def _apply_loops(sch: s_tir.Schedule, rule: BlockRule, d: dict[str, Any]) -> Non
         lead = loops[: d["parallel"]]
         fused = sch.fuse(*lead) if len(lead) > 1 else lead[0]
         sch.parallel(fused)
+    if padded_vector(rule, d):  # after the fusion, which refuses annotated loops
+        sch.annotate(outer, LOOP_PARTITION_HINT, 1)
 
 
 def _apply_rfactor(sch: s_tir.Schedule, rule: BlockRule, d: dict[str, Any], at_root: bool) -> None:

@@ -36,7 +36,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, type | None]]] = {
         "max_padding_waste": (float, None),
         "unvectorized_tile_probability": (float, None),
     },
-    "loops": {"vector_factors": (list, int), "reduction_vector_factors": (list, int)},
+    "loops": {"vector_factors": (list, int), "vector_tails": (bool, None), "reduction_vector_factors": (list, int)},
     "compute_location": {"enabled": (bool, None)},
     "parallel": {"min_iterations_per_core": (int, None)},
     "unroll": {"max_steps": (list, int), "weights": (list, float)},
@@ -63,6 +63,7 @@ class SpaceConfig:
     max_padding_waste: float  # ... when the iterations the last tile runs past the extent are at most this share
     unvectorized_tile_probability: float  # draws leave a tiled block's vectorization to LLVM this often
     loop_vector_factors: tuple[int, ...]
+    loop_vector_tails: bool  # whether a width that does not divide the loop may be drawn (with a scalar tail)
     reduction_vector_factors: tuple[int, ...]
     compute_location: bool
     min_parallel_per_core: int  # draws give a block's parallel loop at least cores x this many iterations
@@ -181,6 +182,7 @@ def _to_config(data: dict[str, Any], path: Path) -> SpaceConfig:
         max_padding_waste=float(tiling["max_padding_waste"]),
         unvectorized_tile_probability=float(tiling["unvectorized_tile_probability"]),
         loop_vector_factors=tuple(data["loops"]["vector_factors"]),
+        loop_vector_tails=data["loops"]["vector_tails"],
         reduction_vector_factors=tuple(data["loops"]["reduction_vector_factors"]),
         compute_location=data["compute_location"]["enabled"],
         min_parallel_per_core=data["parallel"]["min_iterations_per_core"],

@@ -57,6 +57,8 @@ def variant_config(base: SpaceConfig, assignments: list[str]) -> SpaceConfig:
         current = getattr(base, name)  # an unknown name is an AttributeError, which names it
         if isinstance(current, tuple):  # elements parsed as the current ones: unroll_weights=2,2,2,0.5
             changes[name] = tuple(type(current[0])(v) for v in value.split(",") if v)
+        elif isinstance(current, bool):  # bool("false") would be True
+            changes[name] = value.lower() in ("1", "true", "yes")
         else:
             changes[name] = type(current)(value)
     return dataclasses.replace(base, **changes)

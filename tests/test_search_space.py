@@ -13,9 +13,10 @@ import pytest
 import tvm
 from tvm import te
 
-from autotune import ops, search_space
+from autotune import ops, search_space, vector_math
 from autotune.errors import SearchSpaceError
-from autotune.search_space import Candidate, SearchSpace, apply_candidate, rfactor_choices, trace_json
+from autotune.search_space import (Candidate, SearchSpace, apply_candidate, loop_vector_choices, rfactor_choices,
+                                   trace_json)
 from autotune.space_config import load_space_config, search_spaces_dir
 from autotune.target import VectorRegisters, resolve_target
 from autotune.workload import as_workload
@@ -259,6 +260,45 @@ def test_constrain_keeps_one_vector_loop_and_feasible_rfactors():
     assert constrained["T_softmax_maxelem"] == {"parallel": 1, "vector": 1, "rfactor": 8}
     assert constrained["T_softmax_expsum"]["rfactor"] == 1  # not feasible inside the column loop
     assert constrained["T_softmax_norm"]["vector"] == 1  # the sum is computed inside its last loop
+
+
+def test_vector_widths_that_leave_a_tail_are_drawn_where_the_parallel_loop_leaves_them_alone():
+    space = SearchSpace(ops.make("softmax", "12,40"))
+    rules = {r.block: r for r in space.rules}
+    # 16 and 32 do not divide the rows of 40: they leave tails of 8
+    assert loop_vector_choices(rules["T_softmax_norm"], space.config, 1) == [1, 4, 8, 16, 32]
+    # a parallel loop over both loops would fuse the vector loop's outer part, which TVM then cannot partition
+    assert loop_vector_choices(rules["T_softmax_norm"], space.config, 2) == [1, 4, 8]
+    # a reduction's vector loop runs across its rows: only the widths that divide them
+    assert loop_vector_choices(rules["T_softmax_maxelem"], space.config, 1) == [1, 4]
+    blocks = {"T_softmax_exp": {"parallel": 0, "vector": 1, "inline": True},
+              "T_softmax_maxelem": {"parallel": 1, "vector": 4},
+              "T_softmax_expsum": {"depth": 0, "parallel": 1, "vector": 1},
+              "T_softmax_norm": {"parallel": 2, "vector": 16}}
+    constrained = space.constrain({"format": 1, "blocks": blocks, "unroll": 0})["blocks"]
+    assert constrained["T_softmax_norm"] == {"parallel": 1, "vector": 16}
+    assert constrained["T_softmax_maxelem"] == {"parallel": 1, "vector": 4}
+    draws = [space._draw(random.Random(seed))["blocks"]["T_softmax_norm"] for seed in range(200)]
+    assert {d["vector"] for d in draws} >= {16, 32} and all(d["parallel"] < 2 for d in draws if d["vector"] > 8)
+
+
+@pytest.mark.skipif(not vector_math.register_isas(resolve_target("llvm").target), reason="needs x86 and libmvec")
+@pytest.mark.parametrize("shape,parallel", [((3, 197), 0), ((3, 197), 1), ((197,), 1)])
+def test_a_vector_loop_with_a_tail_is_built_as_vector_calls_and_a_scalar_tail(shape, parallel, target):
+    """ViT's rows of 197 (a prime): 12 vectors of 16 and 5 scalars, not 13 predicated vectors
+    that TVM would turn back into 197 scalar exp calls. One loop: the vector loop's outer part is
+    the parallel loop."""
+    a = te.placeholder(shape, name="A")
+    workload = as_workload([a, te.compute(shape, lambda *i: te.exp(a[i]), name="B")], name="exp_tail")
+    candidate = Candidate({"format": 1, "blocks": {"B": {"parallel": parallel, "vector": 16}}, "unroll": 0})
+    mod = apply_candidate(SearchSpace(workload), candidate).mod
+    executable = vector_math.build(mod, target)
+    calls = set(re.findall(r"call\w*\s+\*?([\w.]+)@PLT", executable.mod.inspect_source("asm")))
+    assert any(c.startswith("_ZGV") for c in calls) and "expf" in calls, calls
+    x = workload.random_inputs(seed=0)[0]
+    out = tvm.runtime.tensor(np.zeros_like(x), tvm.cpu())
+    executable.mod(tvm.runtime.tensor(x, tvm.cpu()), out)
+    np.testing.assert_allclose(out.numpy(), np.exp(x), rtol=1e-6)
 
 
 def test_strided_reads_are_the_operands_a_vector_axis_reads_with_a_stride():
