@@ -50,8 +50,8 @@ from .target import VectorRegisters, available_cores
 from .workload import Workload
 
 CANDIDATE_FORMAT = 1
-# TVM's loop annotation that asks its LoopPartition pass to split a loop where a condition in it
-# changes value (within `vector_math.build`, which enables the pass for constant loops).
+# TVM's loop annotation that asks its LoopPartition pass (in every build) to split a loop where a
+# condition in it changes value: a vector loop's tail predicate, here.
 LOOP_PARTITION_HINT = "pragma_loop_partition_hint"
 _MAX_SAMPLE_ATTEMPTS = 64
 
@@ -491,10 +491,12 @@ def _draw_block(rule: BlockRule, config: SpaceConfig, rng: random.Random, jobs: 
         axis = rng.choice(vector_axes(rule, config))
         last = len(rule.spatial) - 1  # never padded: it is the vector loop when another axis's falls back to it
         spatial = [_draw_tile(e, config.spatial_levels, config, rng, vectorized=(i == axis),
-                              may_pad=(i not in (axis, last))) for i, e in enumerate(rule.spatial)]
+                              may_pad=(i not in (axis, last)), may_tail=(i == last))
+                   for i, e in enumerate(rule.spatial)]
         if config.unvectorized_tile_probability and rng.random() < config.unvectorized_tile_probability:
             leave_to_llvm_vectorizer(spatial)
-        _widen_outer_tiles(spatial, jobs, axis, rng)
+        tail = spatial[axis][-1] > 1 and _product(spatial[axis]) != rule.spatial[axis]
+        _widen_outer_tiles(spatial, jobs, axis, rng, vector_axis_serial=tail)
         _fit_register_share(rule, spatial, axis, config, registers)
         return {
             "spatial": spatial,
@@ -547,7 +549,8 @@ def redraw_vector_axis(rule: BlockRule, d: dict[str, Any], config: SpaceConfig, 
     """Move a tiled block's vector loop to another allowed axis, with a vector-friendly innermost tile there."""
     axis = rng.choice(vector_axes(rule, config))
     d["vector_axis"] = axis
-    d["spatial"][axis] = _draw_tile(rule.spatial[axis], config.spatial_levels, config, rng, vectorized=True)
+    d["spatial"][axis] = _draw_tile(rule.spatial[axis], config.spatial_levels, config, rng, vectorized=True,
+                                    may_tail=(axis == len(rule.spatial) - 1))
 
 
 def redraw_register_tile(rule: BlockRule, d: dict[str, Any], config: SpaceConfig, rng: random.Random,
@@ -611,7 +614,9 @@ def _canonical_tile(rule: BlockRule, d: dict[str, Any], config: SpaceConfig) -> 
     else:
         d["accumulator"] = "local"
         _shrink_register_tile(d["spatial"], axis, config.max_transposed_register_tile)
-    if not (_packed_reads(rule, axis) and d["spatial"][axis][-1] > 1):
+    _keep_tail_out_of_parallel(rule, d)
+    # a packed panel of v lanes would need a padded layout where v does not divide the axis
+    if not (_packed_reads(rule, axis) and d["spatial"][axis][-1] > 1) or vector_tail(rule, d):
         d.pop("pack", None)
     elif d.get("pack", 0) not in (levels := _pack_levels(rule, config, axis)):
         d["pack"] = min(levels)
@@ -721,12 +726,15 @@ def _keep_attached_loops_serial(rules: tuple[BlockRule, ...], blocks: dict[str, 
             consumer["vector"] = 1
 
 
-def _widen_outer_tiles(spatial: list[list[int]], jobs: int, vector_axis: int, rng: random.Random) -> None:
+def _widen_outer_tiles(spatial: list[list[int]], jobs: int, vector_axis: int, rng: random.Random,
+                       vector_axis_serial: bool = False) -> None:
     """Move prime factors of inner tile levels out to level 0, whose loops are fused into the
     parallel loop, until it has at least `jobs` iterations or nothing is left to move. Other
-    axes give first; the vector axis never gives its innermost (vector) factor."""
+    axes give first; the vector axis never gives its innermost (vector) factor, and nothing
+    at all when `vector_axis_serial` (a vector loop with a tail, see `vector_tail`)."""
     while _product(f[0] for f in spatial) < jobs:
         movable = [(axis, level) for axis, factors in enumerate(spatial)
+                   if not (vector_axis_serial and axis == vector_axis)
                    for level in range(1, len(factors) - (axis == vector_axis)) if factors[level] > 1]
         if not movable:
             return
@@ -752,14 +760,16 @@ def _draw_loops(rule: BlockRule, config: SpaceConfig, rng: random.Random, jobs: 
 
 def loop_vector_choices(rule: BlockRule, config: SpaceConfig, parallel: int) -> list[int]:
     """Vector widths of a no-reuse block's last spatial loop (1 = scalar) with this parallel depth:
-    the configured widths that divide it, and, where config.loop_vector_tails and unless the
-    parallel loop would fuse the vector loop's outer part with others, those narrower than it
-    that do not (see `padded_vector`). Not for a reduction: its vector loop runs across rows,
+    the configured widths that divide it, and, where none above 1 does, config.loop_vector_tails
+    and the parallel loop would not fuse the vector loop's outer part with others, those narrower
+    than it (see `padded_vector`, `vector_tail_widths`). Not for a reduction: its vector loop runs across rows,
     each lane a gather a row apart, and such candidates with 8 to 64 lanes (softmax's row
     maxima of 2364 rows) took LLVM 2 to 30 s to build, for kernels no faster."""
     last = rule.spatial[-1] if rule.spatial else 1
-    may_pad = config.loop_vector_tails and not rule.reduction and not _fuses_padded_loop(rule, parallel)
-    return [v for v in config.loop_vector_factors if last % v == 0 or (may_pad and v < last)] or [1]
+    dividing = [v for v in config.loop_vector_factors if last % v == 0]
+    if config.loop_vector_tails and not rule.reduction and not _fuses_padded_loop(rule, parallel):
+        return dividing + vector_tail_widths(last, config.loop_vector_factors) or [1]
+    return dividing or [1]
 
 
 def padded_vector(rule: BlockRule, d: dict[str, Any]) -> bool:
@@ -767,7 +777,7 @@ def padded_vector(rule: BlockRule, d: dict[str, Any]) -> bool:
     predicate, which TVM's vectorizer would scalarize whole (ViT's softmax rows of 197, a prime,
     stayed scalar). The split's outer loop is marked for TVM's loop partitioning instead, which
     builds it as a vector loop over the full vectors and a scalar loop over the tail
-    (`_apply_loops`, `vector_math.build`). TVM fuses no marked loop, and partitions no fused one,
+    (`_apply_loops`). TVM fuses no marked loop, and partitions no fused one,
     so that loop is parallel only on its own (`_fuses_padded_loop`)."""
     vector = int(d.get("vector", 1))
     return rule.rule != "tile" and bool(rule.spatial) and vector > 1 and rule.spatial[-1] % vector != 0
@@ -794,14 +804,20 @@ def _rfactor_of(d: dict[str, Any]) -> int:
 
 
 def _draw_tile(extent: int, levels: int, config: SpaceConfig, rng: random.Random, vectorized: bool = False,
-               may_pad: bool = False) -> list[int]:
+               may_pad: bool = False, may_tail: bool = False) -> list[int]:
     """Factors (outermost first) whose product is the extent, so every shape tiles exactly; or,
     when `may_pad` (a spatial loop that is not the vector loop), with config.padded_tile_probability,
     an innermost factor that does not divide it (`_padded_inner_factors`) and outer factors whose
-    product makes the padded extent: the smallest multiple of that factor above the extent."""
+    product makes the padded extent: the smallest multiple of that factor above the extent; or,
+    when `vectorized` and `may_tail` (the last loop as the vector loop) and config.vector_tails,
+    a vector width that does not divide it among the preferred ones (`vector_tail`), where the
+    loop is too long to be one vector: a conv's rows of 28 or 14 vectorize whole (LLVM splits a
+    vector of 28 into 16 + 8 + 4 lanes), and tails of 16 there ran 1.28x slower (bench/RESULTS.md)."""
     divisors = _divisors(extent)
     inner_choices = [d for d in divisors if d <= config.max_innermost_factor]
     preferred = [d for d in config.vector_factors if extent % d == 0]
+    if vectorized and may_tail and config.vector_tails and extent > config.max_innermost_factor:
+        preferred += vector_tail_widths(extent, config.vector_factors)
     padded = _padded_inner_factors(extent, config) if may_pad else []
     if vectorized and preferred and rng.random() < config.vector_factor_probability:
         inner_choices = preferred
@@ -814,6 +830,36 @@ def _draw_tile(extent: int, levels: int, config: SpaceConfig, rng: random.Random
         rest //= factors[-1]
     factors.append(rest)
     return list(reversed(factors))
+
+
+def vector_tail_widths(extent: int, widths: Sequence[int]) -> list[int]:
+    """The vector widths of `widths` (above 1) narrower than `extent`, where none of them divides it:
+    then the only vector loops are ones with a tail (`vector_tail`, `padded_vector`). Where one
+    divides, it is the width drawn, as before tails were: a space for a loop of 56 stays as it was."""
+    vectors = [v for v in widths if v > 1]
+    if any(extent % v == 0 for v in vectors):
+        return []
+    return [v for v in vectors if v < extent]
+
+
+def vector_tail(rule: BlockRule, d: dict[str, Any]) -> bool:
+    """Whether a tiled block's vector loop leaves a tail: its innermost tile does not divide the extent.
+
+    Its split then has a predicate, which TVM's vectorizer would scalarize whole. Its outer tile
+    loops are marked for TVM's loop partitioning instead (`_apply_tiling`), which builds the full
+    vectors as vector code and the tail as scalars; TVM fuses no marked loop and partitions no
+    fused one, so the axis keeps a level-0 tile of 1 (`_keep_tail_out_of_parallel`)."""
+    axis = vector_axis(d)
+    factors = d["spatial"][axis]
+    return factors[-1] > 1 and _product(factors) != rule.spatial[axis]
+
+
+def _keep_tail_out_of_parallel(rule: BlockRule, d: dict[str, Any]) -> None:
+    """Move a vector loop's level-0 tile, with a tail, one level in: level 0 is fused into the parallel loop."""
+    factors = d["spatial"][vector_axis(d)]
+    if vector_tail(rule, d) and factors[0] > 1:
+        factors[1] *= factors[0]
+        factors[0] = 1
 
 
 def _padded_inner_factors(extent: int, config: SpaceConfig) -> list[int]:
@@ -886,6 +932,10 @@ def _apply_tiling(sch: s_tir.Schedule, rule: BlockRule, d: dict[str, Any], confi
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     if _product(f[0] for f in d["spatial"]) > 1:
         sch.parallel(fused)
+    if vector_tail(rule, d):  # after the fusion, which refuses annotated loops
+        for loop, factor in zip(s_tiles[-1][1:-1], d["spatial"][axis][1:-1]):
+            if factor > 1:
+                sch.annotate(loop, LOOP_PARTITION_HINT, 1)
     if r_tiles:
         init = sch.decompose_reduction(block, r_tiles[0][0])
         _vectorize_innermost(sch, init, config)

@@ -35,6 +35,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, type | None]]] = {
         "padded_inner_factors": (list, int),
         "max_padding_waste": (float, None),
         "unvectorized_tile_probability": (float, None),
+        "vector_tails": (bool, None),
     },
     "loops": {"vector_factors": (list, int), "vector_tails": (bool, None), "reduction_vector_factors": (list, int)},
     "compute_location": {"enabled": (bool, None)},
@@ -62,6 +63,7 @@ class SpaceConfig:
     padded_inner_factors: tuple[int, ...]  # the innermost tiles such draws choose from
     max_padding_waste: float  # ... when the iterations the last tile runs past the extent are at most this share
     unvectorized_tile_probability: float  # draws leave a tiled block's vectorization to LLVM this often
+    vector_tails: bool  # whether the vector loop may be tiled by a width that does not divide it (with a scalar tail)
     loop_vector_factors: tuple[int, ...]
     loop_vector_tails: bool  # whether a width that does not divide the loop may be drawn (with a scalar tail)
     reduction_vector_factors: tuple[int, ...]
@@ -181,6 +183,7 @@ def _to_config(data: dict[str, Any], path: Path) -> SpaceConfig:
         padded_inner_factors=tuple(tiling["padded_inner_factors"]),
         max_padding_waste=float(tiling["max_padding_waste"]),
         unvectorized_tile_probability=float(tiling["unvectorized_tile_probability"]),
+        vector_tails=tiling["vector_tails"],
         loop_vector_factors=tuple(data["loops"]["vector_factors"]),
         loop_vector_tails=data["loops"]["vector_tails"],
         reduction_vector_factors=tuple(data["loops"]["reduction_vector_factors"]),

@@ -45,9 +45,6 @@ SCALARIZED_BY_TVM: dict[str, str] = {
 # Register bits -> (x86 vector ABI ISA letter, the LLVM feature it needs), widest first.
 _ISA_BY_BITS: tuple[tuple[int, str, str], ...] = ((512, "e", "avx512f"), (256, "d", "avx2"), (256, "c", "avx"),
                                                  (128, "b", "sse2"))
-_LOOP_PARTITION = "s_tir.LoopPartition"  # TVM's pass config key of its LoopPartition pass
-_LOOP_PARTITION_FIELDS = ("partition_const_loop", "no_unroll_loop_with_extent_one",
-                          "unroll_loop_with_partition_hint_no_interval")
 _LEVEL = 99  # above TVM's own lowerings (level 10)
 _FLOAT = tvm.DataType("float32").type_code
 
@@ -74,26 +71,9 @@ def register_isas(target: tvm.target.Target) -> dict[int, str]:
 
 
 def build(mod: Any, target: tvm.target.Target, **kwargs: Any) -> Any:
-    """`tvm.compile(mod, target=target, **kwargs)`, with libmvec for vector math on x86, and with
-    TVM's loop partitioning for constant loops (the caller's pass context otherwise kept).
-
-    The partitioning splits only loops that ask for it (search_space.LOOP_PARTITION_HINT: a vector
-    loop with a tail becomes a vector body and a scalar tail) or whose conditions say `likely`."""
-    with lowering(target), _partitioning_constant_loops():
+    """`tvm.compile(mod, target=target, **kwargs)`, with libmvec for vector math on x86."""
+    with lowering(target):
         return tvm.compile(mod, target=target, **kwargs)
-
-
-@contextlib.contextmanager
-def _partitioning_constant_loops() -> Iterator[None]:
-    current = tvm.transform.PassContext.current()
-    config = {str(k): v for k, v in current.config.items()}
-    chosen = config.get(_LOOP_PARTITION)  # a LoopPartitionConfig where the caller set one
-    partition = {name: bool(getattr(chosen, name)) for name in _LOOP_PARTITION_FIELDS} if chosen else {}
-    config[_LOOP_PARTITION] = {**partition, "partition_const_loop": True}
-    with tvm.transform.PassContext(opt_level=current.opt_level, required_pass=list(current.required_pass),
-                                   disabled_pass=list(current.disabled_pass), instruments=list(current.instruments),
-                                   config=config):
-        yield
 
 
 def export_library(executable: Any, path: str, target: tvm.target.Target, fcompile: Any = None) -> None:

@@ -218,8 +218,13 @@ def torch_timer(op: str, ref: Reference, epilogue: str = "relu") -> Timer | str:
     against the untuned build; or why there is none."""
     if torch is None:
         return "torch not installed"
-    if torch_fn(op, [a for i, a in enumerate(ref.arrays) if i not in ref.outputs], epilogue) is None:
+    probe = torch_fn(op, [a for i, a in enumerate(ref.arrays) if i not in ref.outputs], epilogue)
+    if probe is None:
         return f"no torch equivalent of {op}"
+    with torch.inference_mode():
+        shape = tuple(probe().shape)
+    if shape != ref.want[0].shape:  # torch_kernel's conv is stride 1, padding 1: a strided conv is another op
+        return f"torch's {op} gives {shape}, not this workload's {ref.want[0].shape}"
 
     def timed(views: list[np.ndarray]) -> float:
         fn = torch_fn(op, [v for i, v in enumerate(views) if i not in ref.outputs], epilogue)

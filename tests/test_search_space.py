@@ -27,6 +27,7 @@ CASES = [
     ("batch_matmul", "2,16,24,8", {}),
     ("dense", "16,32,24", {"bias": "true", "epilogue": "relu"}),
     ("dense", "8,16,16", {"epilogue": "gelu"}),
+    ("dense", "4,197,16", {"bias": "true", "epilogue": "relu"}),  # no vector width divides 197: tails
     ("conv2d_nchw", "1,8,10,10,8,3,3", {"bias": "true", "relu": "true"}),
     ("conv2d_nhwc", "1,10,10,8,8,3,3", {}),
     ("depthwise_conv2d", "1,8,12,12,3,3", {}),
@@ -262,15 +263,17 @@ def test_constrain_keeps_one_vector_loop_and_feasible_rfactors():
     assert constrained["T_softmax_norm"]["vector"] == 1  # the sum is computed inside its last loop
 
 
-def test_vector_widths_that_leave_a_tail_are_drawn_where_the_parallel_loop_leaves_them_alone():
-    space = SearchSpace(ops.make("softmax", "12,40"))
+def test_vector_widths_that_leave_a_tail_are_drawn_where_none_divides_and_the_parallel_loop_leaves_them_alone():
+    space = SearchSpace(ops.make("softmax", "12,37"))
     rules = {r.block: r for r in space.rules}
-    # 16 and 32 do not divide the rows of 40: they leave tails of 8
+    # no width divides rows of 37: those narrower than it, each with a tail (37 = 2 x 16 + 5)
     assert loop_vector_choices(rules["T_softmax_norm"], space.config, 1) == [1, 4, 8, 16, 32]
     # a parallel loop over both loops would fuse the vector loop's outer part, which TVM then cannot partition
-    assert loop_vector_choices(rules["T_softmax_norm"], space.config, 2) == [1, 4, 8]
+    assert loop_vector_choices(rules["T_softmax_norm"], space.config, 2) == [1]
     # a reduction's vector loop runs across its rows: only the widths that divide them
     assert loop_vector_choices(rules["T_softmax_maxelem"], space.config, 1) == [1, 4]
+    # where a width divides, no tails: the space of a loop of 40 is what it was
+    assert loop_vector_choices(SearchSpace(ops.make("softmax", "12,40")).rules[-1], space.config, 1) == [1, 4, 8]
     blocks = {"T_softmax_exp": {"parallel": 0, "vector": 1, "inline": True},
               "T_softmax_maxelem": {"parallel": 1, "vector": 4},
               "T_softmax_expsum": {"depth": 0, "parallel": 1, "vector": 1},
@@ -279,7 +282,50 @@ def test_vector_widths_that_leave_a_tail_are_drawn_where_the_parallel_loop_leave
     assert constrained["T_softmax_norm"] == {"parallel": 1, "vector": 16}
     assert constrained["T_softmax_maxelem"] == {"parallel": 1, "vector": 4}
     draws = [space._draw(random.Random(seed))["blocks"]["T_softmax_norm"] for seed in range(200)]
-    assert {d["vector"] for d in draws} >= {16, 32} and all(d["parallel"] < 2 for d in draws if d["vector"] > 8)
+    assert {d["vector"] for d in draws} >= {16, 32} and all(d["parallel"] < 2 for d in draws if d["vector"] > 1)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="checks x86 assembly")
+def test_a_tiled_vector_loop_with_a_tail_is_built_as_vector_code(target):
+    """Attention scores of 37 columns, tiled by 16: 2 full vectors of FMAs and a scalar tail of 5.
+    Without the partition hint TVM scalarizes the predicated vector loop, all of it."""
+    workload = ops.make("batch_matmul", "2,8,37,16")
+    tile = {"spatial": [[2, 1, 1, 1], [1, 2, 1, 4], [1, 3, 1, 16]], "reduction": [[16, 1]], "write_level": 1,
+            "accumulator": "local"}
+    sch = apply_candidate(SearchSpace(workload), Candidate({"format": 1, "blocks": {"C": tile}, "unroll": 0}))
+
+    def packed_fmas(mod):
+        return len(re.findall(r"\bvfmadd\w*ps\b", tvm.compile(mod, target=target).mod.inspect_source("s")))
+
+    partitioned = sch.mod
+    hinted = {str(sch.get(lp).loop_var): lp for block in sch.get_child_blocks(sch.get_sblock("root"))
+              for lp in sch.get_loops(block) if search_space.LOOP_PARTITION_HINT in sch.get(lp).annotations}
+    assert list(hinted) == ["i2_1"]  # the vector axis's level-1 loop of 3
+    for loop in hinted.values():
+        sch.unannotate(loop, search_space.LOOP_PARTITION_HINT)
+    assert packed_fmas(partitioned) > 10 * packed_fmas(sch.mod)  # 40 against 1 on AVX-512
+    inputs = workload.random_inputs(seed=0)
+    tensors = [tvm.runtime.tensor(a, tvm.cpu()) for a in inputs]
+    tvm.compile(partitioned, target=target)["main"](*tensors)
+    np.testing.assert_allclose(tensors[-1].numpy(), inputs[0] @ inputs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_tiled_vector_loops_with_a_tail_are_drawn_where_no_width_divides_and_stay_out_of_the_parallel_loop():
+    rng = random.Random(0)
+    space = SearchSpace(ops.make("batch_matmul", "4,19,100,8"), cores=2)
+    rule = space.rules[0]
+    tiles = [space.sample(rng).decisions["blocks"]["C"] for _ in range(40)]
+    tailed = [d for d in tiles if search_space.vector_tail(rule, d)]
+    assert len(tailed) > 10
+    for d in tailed:
+        factors = d["spatial"][-1]
+        assert factors[0] == 1 and factors[-1] in space.config.vector_factors and "pack" not in d
+        assert np.prod(factors) == -(-100 // factors[-1]) * factors[-1]  # the smallest cover of 100
+    # none where a width divides the loop (96), nor where the loop can be one vector (a conv's rows of 28)
+    for shape in ("4,19,96,8", "4,19,28,8"):
+        plain = SearchSpace(ops.make("batch_matmul", shape), cores=2)
+        assert not any(search_space.vector_tail(plain.rules[0], plain.sample(rng).decisions["blocks"]["C"])
+                       for _ in range(40))
 
 
 @pytest.mark.skipif(not vector_math.register_isas(resolve_target("llvm").target), reason="needs x86 and libmvec")
@@ -479,7 +525,9 @@ def test_tiles_of_the_vectorized_loop_multiply_to_the_extent():
         tile = space._draw(rng)["blocks"]["C"]
         axis = tile.get("vector_axis", 1)
         for i, (factors, extent) in enumerate(zip(tile["spatial"] + tile["reduction"], (127, 100, 33))):
-            if i in (axis, 1, 2):  # the vector loop, the last loop and the reduction tile exactly
+            if i == 1 and search_space.vector_tail(space.rules[0], tile):  # no width divides 100: a tail
+                assert int(np.prod(factors)) == -(-extent // factors[-1]) * factors[-1]
+            elif i in (axis, 1, 2):  # the vector loop, the last loop and the reduction tile exactly
                 assert int(np.prod(factors)) == extent
             else:  # another loop's last tile may run past its end (a padded register tile)
                 assert extent <= int(np.prod(factors)) <= extent * (1 + waste)

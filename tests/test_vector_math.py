@@ -122,19 +122,3 @@ def test_an_exported_library_loads_libmvec_itself(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert _ulps(np.load(tmp_path / "out.npy"), arrays, "exp") <= 4
-
-
-def test_builds_keep_the_callers_pass_context(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen = {}
-
-    def compile_recording_context(mod, target, **kwargs):
-        context = tvm.transform.PassContext.current()
-        seen.update(opt_level=context.opt_level, config={str(k): v for k, v in context.config.items()})
-
-    monkeypatch.setattr(tvm, "compile", compile_recording_context)
-    config = {"tirx.disable_cse_tir": True, "s_tir.LoopPartition": {"no_unroll_loop_with_extent_one": True}}
-    with tvm.transform.PassContext(opt_level=3, config=config):
-        vector_math.build(_kernel("exp", "float32", 8), HOST)
-    partition = seen["config"]["s_tir.LoopPartition"]
-    assert seen["opt_level"] == 3 and bool(seen["config"]["tirx.disable_cse_tir"])
-    assert partition.partition_const_loop and partition.no_unroll_loop_with_extent_one
