@@ -71,8 +71,9 @@ def extract_tasks(model: Any, example_inputs: Any = None, *, fast_math: bool = F
 
     With `fast_math`, TVM's `relax.transform.FastMathTransform` first replaces softmax, exp, erf and
     tanh by TVM's fast approximations (topi.fast_*: polynomials instead of glibc's exact vector
-    functions, which autotune's builds call otherwise (autotune.vector_math); float32 only). The tests bound fast exp within 5e-7 relative near 0 and 1e-5 near
-    -80, and a softmax + tanh model within 1e-5 of PyTorch; erf is not measured.
+    functions, which autotune's builds call otherwise (autotune.vector_math); float32 only). The
+    tests bound fast exp within 5e-7 relative near 0 and 1e-5 near -80, and a softmax + tanh model
+    within 1e-5 of PyTorch; erf is not measured.
     """
     mod = load_model(model, example_inputs)
     if fast_math:

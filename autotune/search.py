@@ -22,8 +22,8 @@ from .cost_model import CostModel, latency_or_nan
 from .features import FeatureExtractor
 from .records import TrialRecord
 from .search_space import (Candidate, SearchSpace, draw_tile_level, draw_unroll, largest_unroll_step,
-                           leave_to_llvm_vectorizer, loop_vector_choices, redraw_register_tile, redraw_vector_axis, rfactor_choices,
-                           smallest_prime_factor)
+                           leave_to_llvm_vectorizer, loop_vector_choices, redraw_register_tile, redraw_vector_axis,
+                           rfactor_choices, smallest_prime_factor)
 
 # How many consecutive duplicate draws mean that the space is (nearly) exhausted.
 _MAX_DUPLICATE_DRAWS = 200

@@ -16,7 +16,7 @@ each a rule, with parameter domains from search_spaces/*.toml:
 - compute_at: producers without reuse (softmax's max/sum) go inside their consumer's loops at a
               searched depth, or stay at the root;
 - loops:      other blocks get parallel outer loops and a vectorized inner loop; a vector
-              width that does not divide the loop leaves a scalar tail (`padded_vector`).
+              width that does not divide the loop leaves a scalar tail (`loop_vector_tail`).
 
 Reductions without reuse (compute_at and loops rules: row maxima and sums, mean and variance,
 wide pooling windows) may also have their reduction vectorized ("rfactor" decision): the innermost
@@ -189,7 +189,7 @@ class SearchSpace:
                 d["rfactor"] = 1
             if _rfactor_of(d) > 1:
                 d["vector"] = 1  # the reduction's vector loop replaces the spatial one
-            if padded_vector(rule, d) and _fuses_padded_loop(rule, d["parallel"]):
+            if loop_vector_tail(rule, d) and _fuses_tail_loop(rule, d["parallel"]):
                 d["parallel"] = len(rule.spatial) - 1
             if rule.rule == "tile" and d:
                 _canonical_tile(rule, d, self.config)
@@ -495,8 +495,8 @@ def _draw_block(rule: BlockRule, config: SpaceConfig, rng: random.Random, jobs: 
                    for i, e in enumerate(rule.spatial)]
         if config.unvectorized_tile_probability and rng.random() < config.unvectorized_tile_probability:
             leave_to_llvm_vectorizer(spatial)
-        tail = spatial[axis][-1] > 1 and _product(spatial[axis]) != rule.spatial[axis]
-        _widen_outer_tiles(spatial, jobs, axis, rng, vector_axis_serial=tail)
+        _widen_outer_tiles(spatial, jobs, axis, rng,
+                           vector_axis_serial=_has_tail(spatial[axis], rule.spatial[axis]))
         _fit_register_share(rule, spatial, axis, config, registers)
         return {
             "spatial": spatial,
@@ -762,28 +762,28 @@ def loop_vector_choices(rule: BlockRule, config: SpaceConfig, parallel: int) -> 
     """Vector widths of a no-reuse block's last spatial loop (1 = scalar) with this parallel depth:
     the configured widths that divide it, and, where none above 1 does, config.loop_vector_tails
     and the parallel loop would not fuse the vector loop's outer part with others, those narrower
-    than it (see `padded_vector`, `vector_tail_widths`). Not for a reduction: its vector loop runs across rows,
-    each lane a gather a row apart, and such candidates with 8 to 64 lanes (softmax's row
-    maxima of 2364 rows) took LLVM 2 to 30 s to build, for kernels no faster."""
+    than it (see `loop_vector_tail`, `vector_tail_widths`). Not for a reduction: its vector loop
+    runs across rows, each lane a gather a row apart, and such candidates with 8 to 64 lanes
+    (softmax's row maxima of 2364 rows) took LLVM 2 to 30 s to build, for kernels no faster."""
     last = rule.spatial[-1] if rule.spatial else 1
     dividing = [v for v in config.loop_vector_factors if last % v == 0]
-    if config.loop_vector_tails and not rule.reduction and not _fuses_padded_loop(rule, parallel):
+    if config.loop_vector_tails and not rule.reduction and not _fuses_tail_loop(rule, parallel):
         return dividing + vector_tail_widths(last, config.loop_vector_factors) or [1]
     return dividing or [1]
 
 
-def padded_vector(rule: BlockRule, d: dict[str, Any]) -> bool:
+def loop_vector_tail(rule: BlockRule, d: dict[str, Any]) -> bool:
     """Whether the block's vector width leaves a tail: its last spatial loop is then split with a
     predicate, which TVM's vectorizer would scalarize whole (ViT's softmax rows of 197, a prime,
     stayed scalar). The split's outer loop is marked for TVM's loop partitioning instead, which
     builds it as a vector loop over the full vectors and a scalar loop over the tail
     (`_apply_loops`). TVM fuses no marked loop, and partitions no fused one,
-    so that loop is parallel only on its own (`_fuses_padded_loop`)."""
+    so that loop is parallel only on its own (`_fuses_tail_loop`)."""
     vector = int(d.get("vector", 1))
     return rule.rule != "tile" and bool(rule.spatial) and vector > 1 and rule.spatial[-1] % vector != 0
 
 
-def _fuses_padded_loop(rule: BlockRule, parallel: int) -> bool:
+def _fuses_tail_loop(rule: BlockRule, parallel: int) -> bool:
     """Whether a parallel loop this deep would fuse the vector loop's outer part with other loops."""
     return len(rule.spatial) > 1 and parallel >= len(rule.spatial)
 
@@ -834,7 +834,7 @@ def _draw_tile(extent: int, levels: int, config: SpaceConfig, rng: random.Random
 
 def vector_tail_widths(extent: int, widths: Sequence[int]) -> list[int]:
     """The vector widths of `widths` (above 1) narrower than `extent`, where none of them divides it:
-    then the only vector loops are ones with a tail (`vector_tail`, `padded_vector`). Where one
+    then the only vector loops are ones with a tail (`vector_tail`, `loop_vector_tail`). Where one
     divides, it is the width drawn, as before tails were: a space for a loop of 56 stays as it was."""
     vectors = [v for v in widths if v > 1]
     if any(extent % v == 0 for v in vectors):
@@ -850,8 +850,12 @@ def vector_tail(rule: BlockRule, d: dict[str, Any]) -> bool:
     vectors as vector code and the tail as scalars; TVM fuses no marked loop and partitions no
     fused one, so the axis keeps a level-0 tile of 1 (`_keep_tail_out_of_parallel`)."""
     axis = vector_axis(d)
-    factors = d["spatial"][axis]
-    return factors[-1] > 1 and _product(factors) != rule.spatial[axis]
+    return _has_tail(d["spatial"][axis], rule.spatial[axis])
+
+
+def _has_tail(factors: list[int], extent: int) -> bool:
+    """Whether a vector loop's tiles (innermost the vector width) cover more than its extent."""
+    return factors[-1] > 1 and _product(factors) != extent
 
 
 def _keep_tail_out_of_parallel(rule: BlockRule, d: dict[str, Any]) -> None:
@@ -989,7 +993,7 @@ def _apply_loops(sch: s_tir.Schedule, rule: BlockRule, d: dict[str, Any]) -> Non
         lead = loops[: d["parallel"]]
         fused = sch.fuse(*lead) if len(lead) > 1 else lead[0]
         sch.parallel(fused)
-    if padded_vector(rule, d):  # after the fusion, which refuses annotated loops
+    if loop_vector_tail(rule, d):  # after the fusion, which refuses annotated loops
         sch.annotate(outer, LOOP_PARTITION_HINT, 1)
 
 
