@@ -22,8 +22,8 @@ from .cost_model import CostModel, latency_or_nan
 from .features import FeatureExtractor
 from .records import TrialRecord
 from .search_space import (Candidate, SearchSpace, draw_tile_level, draw_unroll, largest_unroll_step,
-                           leave_to_llvm_vectorizer, loop_vector_choices, redraw_register_tile, redraw_vector_axis,
-                           rfactor_choices, smallest_prime_factor)
+                           leave_to_llvm_vectorizer, loop_vector_choices, redraw_micro_kernel, redraw_register_tile,
+                           redraw_vector_axis, rfactor_choices, smallest_prime_factor)
 
 # How many consecutive duplicate draws mean that the space is (nearly) exhausted.
 _MAX_DUPLICATE_DRAWS = 200
@@ -185,20 +185,23 @@ class ModelGuidedSearch(RandomSearch):
             return Candidate(decisions)
         name = self.rng.choice(sorted(blocks))
         rule = next(r for r in self.space.rules if r.block == name)
-        if rule.rule == "tile" and self._leaves_tile_to_llvm():
+        config = self.space.config
+        if rule.rule == "tile" and self._chance(config.unvectorized_tile_probability):
             leave_to_llvm_vectorizer(blocks[name]["spatial"])
-            decisions["unroll"] = largest_unroll_step(self.space.config)  # as SearchSpace._draw gives such tiles
+            decisions["unroll"] = largest_unroll_step(config)  # as SearchSpace._draw gives such tiles
+        elif rule.rule == "tile" and self._chance(config.micro_kernel_probability):
+            redraw_micro_kernel(rule, blocks[name], config, self.rng, self.space.registers)
+            decisions["unroll"] = draw_unroll(config, self.rng)
         else:
             _mutate_block(blocks[name], rule, self.space, self.rng)
         return Candidate(self.space.constrain(decisions))
 
-    def _leaves_tile_to_llvm(self) -> bool:
-        """Whether a tiled block's mutation makes its register tile one element, for LLVM's loop
-        vectorizer (search_space.leave_to_llvm_vectorizer): as often as the space draws such tiles.
-        Why a mutation of its own: moving one factor at a time, evolution would need a step per
-        spatial loop plus the largest unroll to reach one, and the steps between score badly.
-        With the probability 0 (the rule off) no random number is drawn, so searches are as before."""
-        probability = self.space.config.unvectorized_tile_probability
+    def _chance(self, probability: float) -> bool:
+        """Whether a mutation of its own happens, at `probability`: a tile for LLVM's loop vectorizer
+        (search_space.leave_to_llvm_vectorizer), as often as the space draws such tiles, or a register
+        kernel redrawn whole (search_space.redraw_micro_kernel). Why mutations of their own: moving one
+        factor at a time, evolution would need several steps to reach either, and the steps between
+        score badly. At probability 0 (the rule off) no random number is drawn, so searches are as before."""
         return probability > 0 and self.rng.random() < probability
 
     def _crossover(self, a: Candidate, b: Candidate) -> Candidate:

@@ -580,6 +580,31 @@ def redraw_register_tile(rule: BlockRule, d: dict[str, Any], config: SpaceConfig
     _fit_register_share(rule, d["spatial"], axis, config, registers)
 
 
+def redraw_micro_kernel(rule: BlockRule, d: dict[str, Any], config: SpaceConfig, rng: random.Random,
+                        registers: VectorRegisters | None = None) -> None:
+    """Redraw a tiled block's register kernel in one move: the vector loop's width (another of
+    config.vector_factors that divides it), one other loop's innermost tile (`redraw_register_tile`,
+    which then fits the tile to the register file) and one reduction loop's innermost step.
+
+    Why in one move: the three decide together what the unroll pragma unrolls and how many
+    accumulators stay in registers; one of them changed alone often measures worse, so a search
+    that moves one factor at a time, keeping what scores well, stays near the kernel it found
+    (search_spaces/cpu.toml, micro_kernel_probability). A vector loop with a tail keeps its width."""
+    axis = vector_axis(d)
+    extent, factors = rule.spatial[axis], d["spatial"][axis]
+    widths = [v for v in config.vector_factors if extent % v == 0 and v != factors[-1]]
+    if widths and not vector_tail(rule, d):
+        d["spatial"][axis] = _refactored(factors, extent, rng.choice(widths))
+    redraw_register_tile(rule, d, config, rng, registers)
+    loops = [i for i, e in enumerate(rule.reduction) if e > 1]
+    if not loops:
+        return
+    i = rng.choice(loops)
+    steps = [f for f in _divisors(rule.reduction[i]) if f <= config.max_innermost_factor and f != d["reduction"][i][-1]]
+    if steps:
+        d["reduction"][i] = _refactored(d["reduction"][i], rule.reduction[i], rng.choice(steps))
+
+
 def _refactored(factors: list[int], extent: int, inner: int) -> list[int]:
     """Tile factors (outermost first) with innermost `inner` covering `extent` (padded when `inner`
     does not divide it), the middle levels keeping what of their old factors divides what is left."""

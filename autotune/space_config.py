@@ -35,6 +35,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, type | None]]] = {
         "padded_inner_factors": (list, int),
         "max_padding_waste": (float, None),
         "unvectorized_tile_probability": (float, None),
+        "micro_kernel_probability": (float, None),
         "vector_tails": (bool, None),
     },
     "loops": {"vector_factors": (list, int), "vector_tails": (bool, None), "reduction_vector_factors": (list, int)},
@@ -63,6 +64,7 @@ class SpaceConfig:
     padded_inner_factors: tuple[int, ...]  # the innermost tiles such draws choose from
     max_padding_waste: float  # ... when the iterations the last tile runs past the extent are at most this share
     unvectorized_tile_probability: float  # draws leave a tiled block's vectorization to LLVM this often
+    micro_kernel_probability: float  # mutations of a tiled block redraw its register kernel whole this often
     vector_tails: bool  # whether the vector loop may be tiled by a width that does not divide it (with a scalar tail)
     loop_vector_factors: tuple[int, ...]
     loop_vector_tails: bool  # whether a width that does not divide the loop may be drawn (with a scalar tail)
@@ -152,6 +154,7 @@ def _check_values(data: dict[str, Any], path: Path) -> None:
         "tiling.padded_inner_factors": min(tiling["padded_inner_factors"], default=2) < 2,
         "tiling.max_padding_waste": not 0.0 <= tiling["max_padding_waste"] < 1.0,
         "tiling.unvectorized_tile_probability": not 0.0 <= tiling["unvectorized_tile_probability"] <= 1.0,
+        "tiling.micro_kernel_probability": not 0.0 <= tiling["micro_kernel_probability"] <= 1.0,
         "loops.vector_factors": min(data["loops"]["vector_factors"]) < 1,
         "loops.reduction_vector_factors": min(data["loops"]["reduction_vector_factors"]) < 1,
         "unroll.max_steps": min(data["unroll"]["max_steps"]) < 0,
@@ -183,6 +186,7 @@ def _to_config(data: dict[str, Any], path: Path) -> SpaceConfig:
         padded_inner_factors=tuple(tiling["padded_inner_factors"]),
         max_padding_waste=float(tiling["max_padding_waste"]),
         unvectorized_tile_probability=float(tiling["unvectorized_tile_probability"]),
+        micro_kernel_probability=float(tiling["micro_kernel_probability"]),
         vector_tails=tiling["vector_tails"],
         loop_vector_factors=tuple(data["loops"]["vector_factors"]),
         loop_vector_tails=data["loops"]["vector_tails"],

@@ -249,6 +249,25 @@ def test_guided_search_mutates_tiles_to_llvm_vectorized_ones_only_when_the_space
     assert all(search.space.try_apply(Candidate(c)) is not None for c in left_to_llvm[:5])
 
 
+def test_guided_search_redraws_register_kernels_whole_at_the_space_s_probability(hw, monkeypatch):
+    """search_space.redraw_micro_kernel, with a redrawn unroll, as often as micro_kernel_probability
+    says of the mutations of a tiled block; at 0 never (and no random number is drawn for it)."""
+    from autotune import search as search_module
+
+    search = _small_trained_search(hw)
+    calls = []
+    redraw = search_module.redraw_micro_kernel
+    monkeypatch.setattr(search_module, "redraw_micro_kernel", lambda *args: calls.append(1) or redraw(*args))
+    parents = [search.space.sample(random.Random(i)) for i in range(20)]
+    for probability, fewest, most in ((0.0, 0, 0), (1.0, 120, 200)):
+        calls.clear()
+        search.space.config = replace(search.space.config, micro_kernel_probability=probability,
+                                      unvectorized_tile_probability=0.0)
+        children = [search._mutate(p) for p in parents for _ in range(10)]
+        assert fewest <= len(calls) <= most  # 0.85 of 200 mutations are of the tiled block
+        assert all(search.space.try_apply(c) is not None for c in children[:10])
+
+
 def test_guided_search_picks_the_same_batch_whatever_the_hash_seed():
     """Candidates with equal scores keep their order: a set's order (it changes with PYTHONHASHSEED)
     once decided which of them stayed in the population, so one seed gave two different tunes."""

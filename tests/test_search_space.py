@@ -602,6 +602,43 @@ def test_register_tile_mutations_of_drawn_candidates_compute_the_reference(targe
     assert len(rows) > 1  # some padded, some exact
 
 
+def test_a_micro_kernel_mutation_redraws_the_vector_width_a_row_tile_and_the_inner_reduction_step():
+    """From a batch matmul 8x256x256x64 kernel of 8 x 32 with k 1 x 64, one move reaches MetaSchedule's
+    4 x 64 with k 16 x 4; every child tiles each loop exactly (no padding here) and fits the registers."""
+    space = SearchSpace(ops.make("batch_matmul", "8,256,256,64"), registers=VectorRegisters(count=32, bytes=64))
+    space.config = replace(space.config, padded_tile_probability=0.0)
+    rule = space.rules[0]
+    start = {"spatial": [[8, 1, 1, 1], [2, 4, 4, 8], [2, 2, 2, 32]], "reduction": [[1, 64]], "write_level": 1,
+             "accumulator": "global", "vector_axis": 2}
+    rng = random.Random(0)
+    kernels = set()
+    for _ in range(400):
+        d = json.loads(json.dumps(start))
+        search_space.redraw_micro_kernel(rule, d, space.config, rng, space.registers)
+        assert [int(np.prod(f)) for f in d["spatial"]] == [8, 256, 256] and int(np.prod(d["reduction"][0])) == 64
+        rows, lanes, step = d["spatial"][1][-1] * d["spatial"][0][-1], d["spatial"][2][-1], d["reduction"][0][-1]
+        assert lanes in space.config.vector_factors and lanes != 32 and step != 64
+        assert rows * -(-lanes // 16) <= 24  # accumulators within 0.75 of the 32 registers
+        kernels.add((rows, lanes, step))
+    assert (4, 64, 4) in kernels
+    assert len({lanes for _, lanes, _ in kernels}) == 3 and len({step for *_, step in kernels}) == 6
+
+
+def test_micro_kernel_mutations_of_drawn_candidates_compute_the_reference(target):
+    workload = ops.make("batch_matmul", "2,16,24,8")
+    space = SearchSpace(workload, registers=VectorRegisters(count=16, bytes=32))
+    inputs = workload.random_inputs(seed=2)
+    expected = _run(workload.mod, workload, target, inputs)
+    rng = random.Random(5)
+    for _ in range(5):
+        decisions = space.sample(rng).decisions
+        block = next(iter(decisions["blocks"]))
+        search_space.redraw_micro_kernel(space.rules[0], decisions["blocks"][block], space.config, rng, space.registers)
+        candidate = search_space.Candidate(space.constrain(decisions))
+        for got, want in zip(_run(apply_candidate(space, candidate).mod, workload, target, inputs), expected):
+            np.testing.assert_allclose(got, want, rtol=1e-4, err_msg=json.dumps(candidate.decisions))
+
+
 @pytest.mark.parametrize("op,shape,options", [
     ("matmul", "32,16,24", {}),
     ("dense", "20,32,24", {"bias": "true", "epilogue": "relu"}),
