@@ -7,7 +7,8 @@ for this workload and target (in this session or an earlier one) are never propo
 - RandomSearch samples the space uniformly.
 - ModelGuidedSearch evolves a population (seeded with the best measured candidates) by
   mutation and crossover of decisions, scores it with the XGBoost cost model, and measures the
-  top of the ranking plus a share of random candidates for exploration.
+  top of the ranking plus a share of exploration: mostly the best-scored of the fresh random
+  draws the evolution started from, and some unscored random draws.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class RandomSearch:
 
     def ask(self, n: int) -> list[Candidate]:
         batch: list[Candidate] = []
-        if self.space.default_candidate().key not in self.seen:
+        if n > 0 and self.space.default_candidate().key not in self.seen:
             batch.append(self._take(self.space.default_candidate()))
         while self.seeds and len(batch) < n:
             seed = self.seeds.pop(0)
@@ -92,12 +93,19 @@ class ModelGuidedSearch(RandomSearch):
         epsilon: float = 0.2,
         population: int = 64,
         generations: int = 3,
+        # 2 of a batch of 16's 3 exploration slots: 0.975x the bests' time over 28 paired tunes
+        # (bench/RESULTS.md, 2026-12-06); the slot left to an unscored draw keeps some data the model
+        # did not choose.
+        scored_exploration: float = 0.67,
     ):
         measured = list(measured)
         super().__init__(space, seed, (r.candidate_key for r in measured), seeds)
         self.extractor = extractor
         self.model = model
         self.epsilon = epsilon
+        # The share of the exploration slots given to the best-scored of this batch's fresh random draws
+        # (new ground, but not what the model scores worst), the rest to unscored random draws.
+        self.scored_exploration = scored_exploration
         self.population = population
         self.generations = generations
         self.measured: list[tuple[float, Candidate]] = [
@@ -111,7 +119,10 @@ class ModelGuidedSearch(RandomSearch):
         if not self.model.is_trained or self.seeds:
             return super().ask(n)
         n_explore = int(round(self.epsilon * n)) if n > 1 else 0
-        batch = [self._take(c) for c in self._ranked_unmeasured(n - n_explore)]
+        scored, drawn = self._evolve()
+        batch = [self._take(c) for c in self._best_unseen(scored.values(), n - n_explore)]
+        fresh = [scored[c.key] for c in drawn if c.key in scored]
+        batch += [self._take(c) for c in self._best_unseen(fresh, int(round(self.scored_exploration * n_explore)))]
         return batch + super().ask(n - len(batch))
 
     def tell(self, records: Iterable[TrialRecord]) -> None:
@@ -128,23 +139,35 @@ class ModelGuidedSearch(RandomSearch):
 
     def _ranked_unmeasured(self, n: int) -> list[Candidate]:
         """The n unmeasured candidates with the best predicted scores after a few generations."""
+        return self._best_unseen(self._evolve()[0].values(), n)
+
+    def _best_unseen(self, scored: Iterable[tuple[float, Candidate]], n: int) -> list[Candidate]:
+        """The n best-scored of `scored` not measured nor taken yet."""
+        ranked = sorted(scored, key=lambda sc: -sc[0])
+        return [c for _, c in ranked if c.key not in self.seen][:n]
+
+    def _evolve(self) -> tuple[dict[str, tuple[float, Candidate]], list[Candidate]]:
+        """Every candidate scored in a few generations of evolution (by key: score, candidate), and
+        the fresh random draws its first population started with."""
         scored: dict[str, tuple[float, Candidate]] = {}
-        population = self._score(self._initial_population(), scored)
+        parents, drawn = self._initial_population()
+        population = self._score(parents + drawn, scored)
         for _ in range(self.generations):
             children = [self._mutate(self.rng.choice(population)) for _ in range(self.population)]
             children += [self._crossover(*self.rng.sample(population, 2)) for _ in range(self.population // 4)
                          if len(population) > 1]
             population = self._score(population + children, scored)
-        ranked = sorted(scored.values(), key=lambda sc: -sc[0])
-        return [c for _, c in ranked if c.key not in self.seen][:n]
+        return scored, drawn
 
-    def _initial_population(self) -> list[Candidate]:
+    def _initial_population(self) -> tuple[list[Candidate], list[Candidate]]:
+        """The best measured candidates (a quarter of the population) and fresh random draws for the rest."""
         best = sorted(((lat, c) for lat, c in self.measured if np.isfinite(lat)), key=lambda lc: lc[0])
-        population = [c for _, c in best[: self.population // 4]]
-        for candidate, sch in self.space.sample_applied_many(self.rng, self.population - len(population)):
+        parents = [c for _, c in best[: self.population // 4]]
+        drawn = []
+        for candidate, sch in self.space.sample_applied_many(self.rng, self.population - len(parents)):
             self._applied[candidate.key] = sch  # for _features, which would apply it again
-            population.append(candidate)
-        return population
+            drawn.append(candidate)
+        return parents, drawn
 
     def _score(self, candidates: list[Candidate], scored: dict[str, tuple[float, Candidate]]) -> list[Candidate]:
         """Score new candidates (valid ones only) and keep the best `population` of them."""

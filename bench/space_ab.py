@@ -117,15 +117,16 @@ def workload_spec(name: str) -> tuple[str, str, dict]:
 
 @contextlib.contextmanager
 def search_parameters(assignments: list[str]) -> Iterator[None]:
-    """ModelGuidedSearch's keyword defaults (epsilon, population, generations) set from "name=value"
+    """ModelGuidedSearch's keyword defaults (epsilon, population, generations, ...) set from "name=value"
     strings while tuning. A bench-only override: the tuner does not expose these parameters, and
     an A/B of them should not need it to."""
     defaults = ModelGuidedSearch.__init__.__kwdefaults__
     saved = dict(defaults)
     for text in assignments:
         name, _, value = text.partition("=")
-        if name not in ("epsilon", "population", "generations"):
-            raise SystemExit(f"--variant-search: {name!r} is not epsilon, population or generations")
+        numeric = [key for key, default in saved.items() if isinstance(default, (int, float))]
+        if name not in numeric:
+            raise SystemExit(f"--variant-search: {name!r} is not one of {', '.join(numeric)}")
         defaults[name] = type(saved[name])(value)
     try:
         yield
@@ -139,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", nargs="*", default=[], help="SpaceConfig fields to change, as name=value")
     parser.add_argument("--variant-strategy", choices=STRATEGIES, help="the variant's strategy (default: --strategy)")
     parser.add_argument("--variant-search", nargs="*", default=[],
-                        help="the variant's model-guided search parameters, as name=value (epsilon, population, generations)")
+                        help="the variant's model-guided search parameters, as name=value (epsilon, population, generations, "
+                             "scored_exploration)")
     parser.add_argument("--variant-model", nargs="*", default=[],
                         help=f"the variant's cost-model constants, as NAME=value ({', '.join(MODEL_CONSTANTS)})")
     parser.add_argument("--corpus", metavar="DB", help="tune every run in a copy of this database (compare.py "

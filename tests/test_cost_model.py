@@ -268,6 +268,24 @@ def test_guided_search_redraws_register_kernels_whole_at_the_space_s_probability
         assert all(search.space.try_apply(c) is not None for c in children[:10])
 
 
+def test_guided_search_explores_with_the_best_scored_fresh_draws_at_scored_exploration(hw):
+    """Exploration slots go to the best-scored of the fresh random draws the evolution started from
+    (new ground, not what the model scores worst), at the share scored_exploration; the rest of the
+    batch is the model's best after evolution, as without it."""
+    search = _small_trained_search(hw)
+    search.epsilon, search.scored_exploration = 0.5, 1.0
+    evolved = []
+    evolve = search._evolve
+    search._evolve = lambda: evolved.append(evolve()) or evolved[-1]
+    batch = search.ask(8)
+    scored, drawn = evolved[0]
+    best = [c.key for _, c in sorted(scored.values(), key=lambda sc: -sc[0])][:4]
+    fresh = [c.key for _, c in sorted((scored[c.key] for c in drawn if c.key in scored), key=lambda sc: -sc[0])
+             if c.key not in best][:4]
+    assert [c.key for c in batch] == best + fresh
+    assert len(set(c.key for c in batch)) == 8
+
+
 def test_guided_search_picks_the_same_batch_whatever_the_hash_seed():
     """Candidates with equal scores keep their order: a set's order (it changes with PYTHONHASHSEED)
     once decided which of them stayed in the population, so one seed gave two different tunes."""
