@@ -93,9 +93,6 @@ class ModelGuidedSearch(RandomSearch):
         epsilon: float = 0.2,
         population: int = 64,
         generations: int = 3,
-        # 2 of a batch of 16's 3 exploration slots: 0.975x the bests' time over 28 paired tunes
-        # (bench/RESULTS.md, 2026-12-06); the slot left to an unscored draw keeps some data the model
-        # did not choose.
         scored_exploration: float = 0.67,
     ):
         measured = list(measured)
@@ -104,7 +101,9 @@ class ModelGuidedSearch(RandomSearch):
         self.model = model
         self.epsilon = epsilon
         # The share of the exploration slots given to the best-scored of this batch's fresh random draws
-        # (new ground, but not what the model scores worst), the rest to unscored random draws.
+        # (new ground, but not what the model scores worst), the rest to unscored random draws, which
+        # keep some data the model did not choose. 0.67 (2 of a batch of 16's 3 slots): 0.975x the
+        # bests' time over 28 paired tunes (bench/RESULTS.md, 2026-12-06).
         self.scored_exploration = scored_exploration
         self.population = population
         self.generations = generations

@@ -585,20 +585,30 @@ def test_a_register_tile_mutation_pads_and_unpads_a_loop_keeping_the_inner_level
         assert d["spatial"][0][-1] <= 6 and 512 <= int(np.prod(d["spatial"][0])) <= 576
 
 
-def test_register_tile_mutations_of_drawn_candidates_compute_the_reference(target):
-    workload = ops.make("matmul", "32,16,24")
+def _mutated_candidates_compute_the_reference(op: str, shape: str, mutation, seed: int, target) -> list[Candidate]:
+    """Five drawn candidates of a workload, each given `mutation` (a search_space function of
+    (rule, block decisions, config, rng, registers)) on its tiled block, then constrained; each is
+    checked against the untuned reference. Returns them."""
+    workload = ops.make(op, shape)
     space = SearchSpace(workload, registers=VectorRegisters(count=16, bytes=32))
     inputs = workload.random_inputs(seed=2)
     expected = _run(workload.mod, workload, target, inputs)
-    rng = random.Random(3)
-    rows = set()
+    rng = random.Random(seed)
+    candidates = []
     for _ in range(5):
         decisions = space.sample(rng).decisions
-        search_space.redraw_register_tile(space.rules[0], decisions["blocks"]["C"], space.config, rng, space.registers)
+        mutation(space.rules[0], decisions["blocks"][space.rules[0].block], space.config, rng, space.registers)
         candidate = search_space.Candidate(space.constrain(decisions))
-        rows.add(int(np.prod(candidate.decisions["blocks"]["C"]["spatial"][0])))
         for got, want in zip(_run(apply_candidate(space, candidate).mod, workload, target, inputs), expected):
             np.testing.assert_allclose(got, want, rtol=1e-4, err_msg=json.dumps(candidate.decisions))
+        candidates.append(candidate)
+    return candidates
+
+
+def test_register_tile_mutations_of_drawn_candidates_compute_the_reference(target):
+    candidates = _mutated_candidates_compute_the_reference("matmul", "32,16,24", search_space.redraw_register_tile, 3,
+                                                           target)
+    rows = {int(np.prod(c.decisions["blocks"]["C"]["spatial"][0])) for c in candidates}
     assert len(rows) > 1  # some padded, some exact
 
 
@@ -625,18 +635,7 @@ def test_a_micro_kernel_mutation_redraws_the_vector_width_a_row_tile_and_the_inn
 
 
 def test_micro_kernel_mutations_of_drawn_candidates_compute_the_reference(target):
-    workload = ops.make("batch_matmul", "2,16,24,8")
-    space = SearchSpace(workload, registers=VectorRegisters(count=16, bytes=32))
-    inputs = workload.random_inputs(seed=2)
-    expected = _run(workload.mod, workload, target, inputs)
-    rng = random.Random(5)
-    for _ in range(5):
-        decisions = space.sample(rng).decisions
-        block = next(iter(decisions["blocks"]))
-        search_space.redraw_micro_kernel(space.rules[0], decisions["blocks"][block], space.config, rng, space.registers)
-        candidate = search_space.Candidate(space.constrain(decisions))
-        for got, want in zip(_run(apply_candidate(space, candidate).mod, workload, target, inputs), expected):
-            np.testing.assert_allclose(got, want, rtol=1e-4, err_msg=json.dumps(candidate.decisions))
+    _mutated_candidates_compute_the_reference("batch_matmul", "2,16,24,8", search_space.redraw_micro_kernel, 5, target)
 
 
 @pytest.mark.parametrize("op,shape,options", [
