@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from contextlib import closing
 
 import pytest
 
@@ -105,17 +106,25 @@ else:
 
 
 def kill_and_resume(tmp_path, kills: int, budget: int, seed: int = 0):
+    """SIGKILL a model-tuning session `kills` times at random moments, resume it, check the records.
+
+    Each kill waits for a trial count drawn in advance, then a random fraction of a batch's
+    time, so that it lands mid-build, mid-run or mid-commit; the counts stop 10 trials short of
+    the budget, so that a fast machine cannot finish the session before the last kill (a kill
+    after a random 0-1.5 s sleep did, at ~9 trials a second).
+    """
     rng = random.Random(seed)
     db_path = tmp_path / "killed.db"
     script = tmp_path / "session.py"
     script.write_text(SESSION_SCRIPT)
+    kill_counts = sorted(rng.sample(range(2, budget - 10), kills))
     seen: set[str] = set()
     done = 0
-    for _ in range(kills):
+    for kill_count in kill_counts:
         child = subprocess.Popen([sys.executable, str(script), str(db_path), str(budget)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _wait_for_more_trials(db_path, len(seen), child)
-        time.sleep(rng.uniform(0.0, 1.5))  # a random moment: mid-build, mid-run, mid-commit
+        _wait_for_trials(db_path, max(kill_count, len(seen) + 1), child)
+        time.sleep(rng.uniform(0.0, 0.25))  # about one batch of two trials: a build, a run or a commit
         if child.poll() is not None:
             break  # finished its budget before the kill
         child.send_signal(signal.SIGKILL)
@@ -129,16 +138,18 @@ def kill_and_resume(tmp_path, kills: int, budget: int, seed: int = 0):
     return done
 
 
-def _wait_for_more_trials(db_path, count: int, child, timeout: float = 120) -> None:
+def _wait_for_trials(db_path, at_least: int, child, timeout: float = 120) -> None:
+    """Return once the database holds `at_least` trials, or the child has exited, or on timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and child.poll() is None:
         try:
-            n = sqlite3.connect(db_path, timeout=5).execute("SELECT count(*) FROM trials").fetchone()[0]
+            with closing(sqlite3.connect(db_path, timeout=5)) as connection:
+                n = connection.execute("SELECT count(*) FROM trials").fetchone()[0]
         except sqlite3.OperationalError:
             n = 0
-        if n > count:
+        if n >= at_least:
             return
-        time.sleep(0.1)
+        time.sleep(0.02)
 
 
 def _check_database(db_path, before: set[str]) -> set[str]:
@@ -153,7 +164,6 @@ def _check_database(db_path, before: set[str]) -> set[str]:
 
 
 def test_repeated_sigkill_loses_nothing_and_repeats_nothing(tmp_path):
-    # 40 trials: with 10 ms timing repeats, a session sometimes finished 24 before the 4th kill (3 == 4, once)
     assert kill_and_resume(tmp_path, kills=4, budget=40) == 4
 
 
