@@ -166,7 +166,9 @@ class CostModel:
 
 
 def latency_or_nan(record: TrialRecord) -> float:
-    return record.latency if record.latency else float("nan")
+    """The seconds a record is ranked by (its latency on its tune's common scale: TrialRecord.ranking_latency),
+    or NaN when it did not run correctly: what the model learns and the search keeps as parents."""
+    return record.ranked_latency or float("nan")
 
 
 def warm_start(

@@ -602,7 +602,7 @@ def _trial_row(record: TrialRecord) -> dict[str, Any]:
         workload_key=record.workload_key, target_key=record.target_key, candidate_key=record.candidate_key,
         decisions=_dumps(record.decisions), trace=_dumps(record.trace), status=Status(record.status).value,
         latency_median=record.latency, latency_std=record.latency_std,
-        ranking_latency=None if record.latency is None else (record.ranking_latency or record.latency),
+        ranking_latency=record.ranked_latency,
         latencies=_dumps([float(x) for x in record.latencies]), error=record.error, build_secs=float(record.build_secs),
         versions=_dumps(dict(record.versions)), created_at=float(record.created_at),
         uid=record.uid, origin=record.origin, session_id=record.session_id,

@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import select
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,17 @@ class MeasureOptions:
     # stops there (one repeat instead of `repeat`): it cannot become the best, and its one repeat of
     # min_repeat_ms is precise enough to rank it for the cost model. 0 times every repeat.
     screen_ratio: float = 1.5
+    # While tuning, each timed repeat of a candidate is followed by one of a control, a fast run this
+    # Measurer kept (the tune's leader, or one at most 2x slower: Measurer._control_for), on the same
+    # arrays; the candidate is then ranked by the median of its repeats' ratios to the control's,
+    # times the control's ranking latency (TrialRecord.ranking_latency): what the search keeps, the
+    # cost model learns and the best is chosen by. Why: this VM's speed drifts by up to 1.5x within a
+    # minute, alike for every kernel, so a trial's own median says as much about its moment as about
+    # its kernel. In 10 placements of 20 batch-matmul kernels, each timed in the same moments, taking
+    # out each moment's common factor cut the spread of a kernel's times from 0.140 to 0.057 (sd of
+    # log; bench/RESULTS.md, 2026-12-07). Runs slower than `slow_secs` are no control; there is none
+    # on a fleet, nor without finalists (the kept runs are the finalists').
+    control: bool = True
     # At the end of a tune the leading `finalists` trials are timed head to head, `finals_rounds`
     # repeats each taken in turn, and re-ranked by that (tuner.TaskTuner.finals). Why: trials timed
     # at separate moments of a VM whose speed drifts rank partly by their moment, and the reported
@@ -86,6 +98,7 @@ class MeasureOptions:
 
 
 BUILDS_BEFORE_ADAPTIVE_TIMEOUT = 8
+CONTROL_SWITCH = 2.0  # a tune's control is replaced by a kept run ranked this many times faster (Measurer._control_for)
 STARTUP_TIMEOUT = 300.0  # a worker's imports take 0.5-3 s; a loaded machine can take much longer
 
 
@@ -276,6 +289,7 @@ class Measurer:
         # The builds of the `finalists` fastest runs so far, by candidate key, kept for time_together.
         self._kept: dict[str, tuple[float, dict[str, Any]]] = {}
         self._kept_lock = threading.Lock()  # a fleet's runs finish on several threads
+        self._control: Control | None = None  # what candidates are timed beside (_control_for)
 
     def __enter__(self) -> "Measurer":
         return self
@@ -422,6 +436,7 @@ class Measurer:
         record = self._fields(candidate, built)
         if not built.get("ok"):
             return TrialRecord(status=Status.BUILD_ERROR, error=built.get("error", ""), **record)
+        control = self._control_for(candidate)
         request = {
             "job": "run",
             "lib_path": built["out_path"],
@@ -433,29 +448,61 @@ class Measurer:
             "screen_secs": screen,
             "inject": self.options.inject(candidate) if self.options.inject is not None else None,
         }
+        if control is not None:
+            request["control_path"] = control.path
+            request["screen_vs_control"] = screen / control.ranking_latency if screen else None
         try:
-            answer = self._workers.run(request, timeout=self._run_timeout)
+            answer = self._workers.run(request, timeout=self._run_timeout * (2 if control else 1))
         except WorkerDied as died:
             _remove(built["out_path"])
             return TrialRecord(status=died.status, error=str(died), **record)
         latencies = tuple(answer.get("latencies") or ())
         if answer.get("device"):  # measured on a device of the fleet: the record says which
             record["origin"] = _device_origin(answer)
-        done = TrialRecord(status=_status(answer), latencies=latencies, error=answer.get("error", ""), **record)
+        done = TrialRecord(status=_status(answer), latencies=latencies, error=answer.get("error", ""),
+                           ranking_latency=_on_control_scale(answer, control), **record)
         self._keep_if_leading(done, built)
         return done
+
+    def _control_for(self, candidate: Candidate) -> Control | None:
+        """The library to time `candidate` beside (MeasureOptions.control); None before any run was
+        kept, or on a fleet.
+
+        The control is the fastest run this Measurer keeps, no slower than `slow_secs`, and it stays
+        the control until a kept run ranks CONTROL_SWITCH times faster. Why not always the fastest:
+        each switch puts the tune's scale on a new control through one noisy ratio, and the fastest is
+        the one whose ratio came out lowest, so switching at every new leader would walk the scale
+        down; a control at most CONTROL_SWITCH times the leader's time costs little more to time.
+        """
+        if not self.options.control or self._workers.remote is not None:
+            return None
+        with self._kept_lock:
+            current = self._control
+            if current is not None and not os.path.exists(current.path):  # the finals used and removed it
+                current = self._control = None
+            leaders = sorted((latency, key) for key, (latency, _) in self._kept.items())
+            if leaders and leaders[0][0] <= self.options.slow_secs:
+                latency, key = leaders[0]
+                if current is None or latency * CONTROL_SWITCH <= current.ranking_latency:
+                    self._control = Control(key, self._kept[key][1]["out_path"], latency)
+                    if current is not None and current.key not in self._kept:
+                        _remove(current.path)
+            control = self._control
+        return control if control is not None and control.key != candidate.key else None
 
     def _keep_if_leading(self, record: TrialRecord, built: dict[str, Any]) -> None:
         """Keep the library of a run among this Measurer's `finalists` fastest (time_together would
         otherwise build it again); remove the others' and the one it displaces."""
         with self._kept_lock:
-            if record.status is Status.OK and record.latency is not None and self.options.finalists >= 2:
-                self._kept[record.candidate_key] = (record.latency, built)
+            if record.ranked_latency is not None and self.options.finalists >= 2:
+                self._kept[record.candidate_key] = (record.ranked_latency, built)
             leaders = sorted(self._kept, key=lambda key: self._kept[key][0])[: max(0, self.options.finalists)]
             dropped = [self._kept.pop(key)[1] for key in list(self._kept) if key not in leaders]
             kept = record.candidate_key in self._kept
+            control = self._control.path if self._control is not None else None
         for old in dropped:
-            _remove(old["out_path"])
+            if old["out_path"] != control:  # the control outlives its place among the leaders
+                _remove(old["out_path"])
         if not kept:
             _remove(built["out_path"])
 
@@ -476,6 +523,25 @@ def versions() -> dict[str, str]:
     from . import __version__
 
     return {"autotune": __version__, "tvm": tvm.__version__, "python": sys.version.split()[0]}
+
+
+@dataclass(frozen=True)
+class Control:
+    """A kept run's library that candidates are timed beside, and the seconds it is ranked by."""
+
+    key: str  # its candidate's
+    path: str
+    ranking_latency: float
+
+
+def _on_control_scale(answer: dict[str, Any], control: Control | None) -> float | None:
+    """A correct run's latency on its control's scale: the median of its repeats' ratios to the control's
+    repeats at the same moments, times the control's ranking latency; None without a control."""
+    pairs = [(own, other) for own, other in zip(answer.get("latencies") or (), answer.get("control_latencies") or ())
+             if own > 0 and other > 0]
+    if control is None or not pairs or _status(answer) is not Status.OK:
+        return None
+    return statistics.median(own / other for own, other in pairs) * control.ranking_latency
 
 
 def _status(answer: dict[str, Any]) -> Status:

@@ -52,9 +52,11 @@ class TrialRecord:
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
     origin: str = field(default_factory=socket.gethostname)
     session_id: int | None = None  # the model-tuning session that measured it (see session.py)
-    # The seconds it is ranked by (best, top_k): its own median until finals timed it head to head with
-    # the other leaders (tuner.TaskTuner.finals); None means its own median. Logs carry it, so every
-    # device that imports a log ranks its trials as the device that tuned them did.
+    # The seconds it is ranked by (best, top_k): None means its own median. A trial timed beside a
+    # control (the tune's leader, MeasureOptions.control) is ranked by its median ratio to the control
+    # times the control's ranking latency; finals, which time the leaders head to head, rank them anew
+    # (tuner.TaskTuner.finals). Logs carry it, so every device that imports a log ranks its trials as
+    # the device that tuned them did.
     ranking_latency: float | None = None
 
     @property
@@ -63,6 +65,12 @@ class TrialRecord:
         if self.status is not Status.OK or not self.latencies:
             return None
         return statistics.median(self.latencies)
+
+    @property
+    def ranked_latency(self) -> float | None:
+        """The seconds it is ranked by: `ranking_latency`, else its own median; None when it did not run correctly."""
+        latency = self.latency
+        return None if latency is None else (self.ranking_latency or latency)
 
     @property
     def latency_std(self) -> float | None:

@@ -191,7 +191,7 @@ class TaskTuner:
         batch = self.search.ask(n)
         best = self.db.best(self.workload.key, self.target.key)
         done: list[TrialRecord] = []
-        for record in self.measurer.measure(batch, best_so_far=best.latency if best else None):
+        for record in self.measurer.measure(batch, best_so_far=best.ranked_latency if best else None):
             record = replace(record, session_id=self.session_id)
             record = _with_id(record, self.db.commit_trial(record))
             done.append(record)
@@ -488,7 +488,7 @@ def _progress(db: Database, work: Workload, hw: HardwareTarget, record: TrialRec
 
 def _ranked_by(record: TrialRecord) -> float:
     """The seconds a correct trial is ranked by (see TrialRecord.ranking_latency)."""
-    ranking = record.ranking_latency or record.latency
+    ranking = record.ranked_latency
     assert ranking is not None, "only correct trials are ranked"
     return ranking
 

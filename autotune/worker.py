@@ -102,16 +102,29 @@ def _run_and_save(lib: Any, dev: Any, arrays: list[np.ndarray], out_path: str) -
 
 
 def run(req: dict[str, Any]) -> dict[str, Any]:
-    """Time a built candidate, then check the outputs of the timed runs against the reference."""
+    """Time a built candidate, then check the outputs of the timed runs against the reference; with
+    req["control_path"], time that library (the tune's leader) after each repeat too (see _time_and_check)."""
     if req.get("inject") in ("segfault", "hang", "alloc"):
         inject_fault(req["inject"])
     rng = np.random.default_rng(0)  # the same offsets for every candidate
+    control = _control_library(req.get("control_path"))
     return _time_and_check(tvm.runtime.load_module(req["lib_path"]), tvm.cpu(), req,
-                           lambda arrays: [tvm.runtime.from_dlpack(a) for a in placed_copies(arrays, rng)])
+                           lambda arrays: [tvm.runtime.from_dlpack(a) for a in placed_copies(arrays, rng)], control)
 
 
 PLACEMENT_WINDOW = 64 * 1024  # offsets are drawn within this window: wider than the L1 and L2 set strides
 PLACEMENT_ALIGN = 64  # TVM's kernels assume 64-byte-aligned data
+
+
+def _control_library(path: str | None) -> Any:
+    """The control's library, or None when there is none, or when it no longer loads: the candidate is
+    then timed alone, rather than failed for another kernel's file."""
+    if not path:
+        return None
+    try:
+        return tvm.runtime.load_module(path)
+    except Exception:  # noqa: BLE001 - TVM raises its own error types for a missing or bad library
+        return None
 
 
 def placed_copies(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
@@ -162,7 +175,7 @@ def _time_in_turn(libs: list[Any], dev: Any, req: dict[str, Any],
             timer = libs[i].time_evaluator("main", dev, number=numbers[i], repeat=1, min_repeat_ms=req["min_repeat_ms"])
             latency = timer(*args).results[0]
             results[i]["latencies"].append(latency)
-            numbers[i] = max(1, math.ceil(req["min_repeat_ms"] / 1e3 / latency)) if latency > 0 else 1
+            numbers[i] = _loop_count(req["min_repeat_ms"], latency)
             if error := _wrong_output(args, outputs, expected):
                 results[i].update(status="wrong_result", error=error)
     return {"ok": True, "results": results}
@@ -176,9 +189,17 @@ def _reference_inputs(req: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[
     return expected, outputs, inputs
 
 
-def _time_and_check(lib: Any, dev: Any, req: dict[str, Any], place: Callable[[list[np.ndarray]], list[Any]]) -> dict[str, Any]:
+def _time_and_check(lib: Any, dev: Any, req: dict[str, Any], place: Callable[[list[np.ndarray]], list[Any]],
+                    control: Any = None) -> dict[str, Any]:
     """Run a loaded candidate once, then time it: each repeat at a new placement of its arrays made by `place`,
-    whose outputs are checked against the reference (local or remote device)."""
+    whose outputs are checked against the reference (local or remote device).
+
+    With a `control` library (another kernel of the same workload), each repeat of the candidate is
+    followed by one of the control on the same arrays, and the answer's "control_latencies" pair up
+    with its "latencies": their ratios are the candidate's speed relative to the control's at the
+    same moments, which this VM's drifts of up to 1.5x within a minute do not move (measure.py). The
+    screen (req["screen_secs"]) is then on that ratio (req["screen_vs_control"]).
+    """
     expected, outputs, inputs = _reference_inputs(req)
     args = place(inputs)
     # One run first: it checks that the code runs at all and sizes the timing loop.
@@ -186,7 +207,7 @@ def _time_and_check(lib: Any, dev: Any, req: dict[str, Any], place: Callable[[li
     lib["main"](*args)
     once = time.perf_counter() - start
     repeat = req["repeat"] if once < req["slow_secs"] else max(2, req["repeat"] // 3)
-    screen, number, latencies = req.get("screen_secs"), 1, []
+    number, latencies, controls, control_number = 1, [], [], 1
     for r in range(repeat):
         args = args if r == 0 else place(inputs)
         timer = lib.time_evaluator("main", dev, number=number, repeat=1, min_repeat_ms=req["min_repeat_ms"])
@@ -197,11 +218,34 @@ def _time_and_check(lib: Any, dev: Any, req: dict[str, Any], place: Callable[[li
             args[outputs[0]] = tvm.runtime.tensor(first, dev)
         if error := _wrong_output(args, outputs, expected):
             return {"status": "wrong_result", "latencies": latencies, "error": error}
+        if control is not None:  # after the check: the control overwrites the outputs
+            timer = control.time_evaluator("main", dev, number=control_number, repeat=1,
+                                           min_repeat_ms=req["min_repeat_ms"])
+            controls.append(timer(*args).results[0])
+            control_number = _loop_count(req["min_repeat_ms"], controls[0])
         if r == 0:
-            if screen and latencies[0] > screen:  # screened: no contender for the best, one repeat ranks it
-                break
-            number = max(1, math.ceil(req["min_repeat_ms"] / 1e3 / latencies[0])) if latencies[0] > 0 else 1
-    return {"status": "ok", "latencies": latencies, "error": ""}
+            if _screened(req, latencies[0], controls[0] if controls else None):
+                break  # no contender for the best: its one repeat ranks it
+            number = _loop_count(req["min_repeat_ms"], latencies[0])
+    answer: dict[str, Any] = {"status": "ok", "latencies": latencies, "error": ""}
+    if control is not None:
+        answer["control_latencies"] = controls
+    return answer
+
+
+def _screened(req: dict[str, Any], seconds: float, control_seconds: float | None) -> bool:
+    """Whether a candidate's first repeat shows it is no contender for the best: slower than
+    req["screen_secs"], or, timed beside a control, over req["screen_vs_control"] times the control."""
+    if control_seconds:
+        limit = req.get("screen_vs_control")
+        return bool(limit) and seconds / control_seconds > limit
+    limit = req.get("screen_secs")
+    return bool(limit) and seconds > limit
+
+
+def _loop_count(min_repeat_ms: float, seconds: float) -> int:
+    """Kernel runs per timed repeat, so that one repeat lasts about `min_repeat_ms`."""
+    return max(1, math.ceil(min_repeat_ms / 1e3 / seconds)) if seconds > 0 else 1
 
 
 def _wrong_output(args: list[Any], outputs: list[int], expected: dict[str, np.ndarray]) -> str:

@@ -7,12 +7,13 @@
     python bench/space_ab.py --strategy model --variant-batch-size 8 --workloads conv2d_nchw dense
     python bench/space_ab.py --strategy model --corpus corpus.db --variant-model RETRAIN_GROWTH=0.05
     python bench/space_ab.py --strategy model --variant-env AUTOTUNE_VECTOR_MATH=0 --workloads softmax bert_ffn1
+    python bench/space_ab.py --strategy model --variant-measure control=false --workloads batch_matmul dense
 
 For each workload (bench/compare.py's suite names) and seed: `autotune.tune` with the default
 space (search_spaces/cpu.toml) and with the variant (SpaceConfig fields set as given, and/or
 another strategy: --variant-strategy, and/or other ModelGuidedSearch parameters: --variant-search,
 and/or other cost-model constants: --variant-model, and/or another batch size: --variant-batch-size,
-and/or environment variables set while it tunes and while its best is built: --variant-env),
+and/or other measurement options (MeasureOptions fields): --variant-measure, and/or environment variables set while it tunes and while its best is built: --variant-env),
 same trials and seed, each into a fresh database, or into a copy of --corpus DB (records of other
 workloads on this machine, from compare.py --make-corpus: the model starts trained). Then
 each run's best (finals included) is built and all of them are timed head to head with PyTorch (compare.time_interleaved, 8
@@ -40,17 +41,19 @@ import dataclasses
 import statistics
 import tempfile
 import time
-from typing import Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import autotune
 from autotune import cost_model, ops
+from autotune.measure import MeasureOptions
 from autotune.search import ModelGuidedSearch
 from autotune.space_config import SpaceConfig, load_space_config
 from autotune.tuner import STRATEGIES
 
 
-def variant_config(base: SpaceConfig, assignments: list[str]) -> SpaceConfig:
-    """`base` with fields set from "name=value" strings (value parsed as the field's current type)."""
+def variant_config(base: Any, assignments: list[str]) -> Any:
+    """`base` (a dataclass: SpaceConfig, MeasureOptions) with fields set from "name=value" strings (value
+    parsed as the field's current type)."""
     changes = {}
     for text in assignments:
         name, _, value = text.partition("=")
@@ -73,6 +76,7 @@ class Arm(NamedTuple):
     model: list[str]  # cost_model constants, NAME=value
     batch_size: int
     env: list[str]  # environment variables, NAME=value
+    measure: MeasureOptions
 
 
 MODEL_CONSTANTS = ("RETRAIN_GROWTH", "MIN_TRAINING_RECORDS", "RESIDUAL_ROUNDS")
@@ -148,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                         "--make-corpus) instead of an empty one")
     parser.add_argument("--batch-size", type=int, default=16, help="candidates per measured batch")
     parser.add_argument("--variant-batch-size", type=int, help="the variant's batch size (default: --batch-size)")
+    parser.add_argument("--variant-measure", nargs="*", default=[],
+                        help="the variant's measurement options (MeasureOptions fields), as name=value")
     parser.add_argument("--variant-env", nargs="*", default=[],
                         help="environment variables of the variant's tune and build, as NAME=value")
     parser.add_argument("--workloads", nargs="+", default=["matmul_512"], choices=[*compare.WORKLOADS, *compare.CORPUS])
@@ -160,10 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     variant_batch = args.variant_batch_size or args.batch_size
     if args.corpus and not os.path.isfile(args.corpus):
         parser.error(f"--corpus {args.corpus}: no such file (make one with compare.py --make-corpus)")
-    arms = {"default": Arm(default, args.strategy, [], [], args.batch_size, []),
+    arms = {"default": Arm(default, args.strategy, [], [], args.batch_size, [], MeasureOptions()),
             "variant": Arm(variant_config(default, args.variant), args.variant_strategy or args.strategy,
-                           args.variant_search, args.variant_model, variant_batch, args.variant_env)}
-    changes = args.variant + args.variant_search + args.variant_model + args.variant_env
+                           args.variant_search, args.variant_model, variant_batch, args.variant_env,
+                           variant_config(MeasureOptions(), args.variant_measure))}
+    changes = args.variant + args.variant_search + args.variant_model + args.variant_measure + args.variant_env
     print(f"# space_ab: variant {' '.join(changes) or 'default space'}, {arms['variant'].strategy}, "
           f"batches of {variant_batch}; against {args.strategy}, batches of {args.batch_size}; "
           f"{args.trials} trials, seeds {args.seeds}; {'from a copy of ' + args.corpus if args.corpus else 'cold'}; "
@@ -185,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                     start = time.perf_counter()
                     with search_parameters(setup.search), model_constants(setup.model), environment(setup.env):
                         autotune.tune(workload, target=hw, trials=args.trials, database=db, space=setup.config,
-                                      strategy=setup.strategy, batch_size=setup.batch_size, seed=seed)
+                                      strategy=setup.strategy, batch_size=setup.batch_size, seed=seed,
+                                      measure=setup.measure)
                         walls[f"{arm}-{seed}"] = time.perf_counter() - start
                         mod = autotune.apply_best(workload, target=hw, database=db, space=setup.config)
                         timers[f"{arm}-{seed}"] = compare.tvm_timer(f"{arm}-{seed}", mod, hw, ref)

@@ -93,6 +93,40 @@ def test_a_clearly_slower_candidate_is_timed_once_and_still_checked(tmp_path, ar
         worker.kill()
 
 
+def _export_slow_double(tmp_path, steps: int) -> str:
+    """B = 2 * A the slow way: a sum of `steps` equal terms (exact in float32 for these inputs)."""
+    A = te.placeholder((N,), name="A")
+    k = te.reduce_axis((0, steps), name="k")
+    B = te.compute((N,), lambda i: te.sum(A[i] * (2.0 / steps), axis=k), name="B")
+    lib = tvm.compile(te.create_prim_func([A, B]), target=resolve_target("llvm").target)
+    path = str(tmp_path / f"slow{steps}.so")
+    lib.export_library(path)
+    return path
+
+
+def test_a_run_beside_a_control_pairs_their_repeats_and_screens_on_their_ratio(tmp_path, arrays):
+    fast = _export(tmp_path, "fast", lambda A, i: A[i] * 2.0)
+    slow = _export_slow_double(tmp_path, 4096)  # ~65k multiply-adds against 16
+    wrong = _export(tmp_path, "wrong", lambda A, i: A[i] * 3.0)
+    worker = WorkerProcess("runner", threads=1)
+    try:
+        def run(lib, control, **extra):
+            return worker.call({**_request(lib, arrays), "control_path": control, **extra}, timeout=60)
+
+        def ratio(answer):
+            assert answer["status"] == "ok" and len(answer["control_latencies"]) == len(answer["latencies"]) == 3
+            return float(np.median(np.divide(answer["latencies"], answer["control_latencies"])))
+
+        assert ratio(run(slow, fast)) > 4 and ratio(run(fast, slow)) < 0.25  # each repeat paired with the control's
+        screened = run(slow, fast, screen_secs=10.0, screen_vs_control=1.5)  # the ratio screens, not the seconds
+        assert len(screened["latencies"]) == len(screened["control_latencies"]) == 1
+        assert len(run(fast, slow, screen_secs=1e-12, screen_vs_control=1.5)["latencies"]) == 3
+        assert run(wrong, fast)["status"] == Status.WRONG_RESULT.value  # checked before the control overwrites it
+        assert "control_latencies" not in worker.call(_request(fast, arrays), timeout=60)
+    finally:
+        worker.kill()
+
+
 def test_candidates_timed_together_take_their_rounds_in_turn_and_are_each_checked(tmp_path, arrays):
     good = _export(tmp_path, "good", lambda A, i: A[i] * 2.0)
     wrong = _export(tmp_path, "wrong", lambda A, i: A[i] * 3.0)
@@ -168,7 +202,7 @@ def test_finals_reuse_the_libraries_of_the_measurers_fastest_runs_and_build_only
         measurer._build = lambda c, *a: builds.append(c.key) or build(c, *a)
         records = list(measurer.measure(candidates))
         assert len(builds) == 6 and all(r.status is Status.OK for r in records)
-        fastest = sorted(records, key=lambda r: r.latency)[:3]
+        fastest = sorted(records, key=lambda r: r.ranked_latency)[:3]
         libraries = sorted(os.listdir(measurer._tmp.name))
         assert libraries == sorted([f"{r.candidate_key}.so" for r in fastest] + ["reference.npz"])  # the rest removed
         slowest = next(c for c in candidates if c.key == max(records, key=lambda r: r.latency).candidate_key)
@@ -178,6 +212,62 @@ def test_finals_reuse_the_libraries_of_the_measurers_fastest_runs_and_build_only
         assert [len(r.latencies) for r in finals] == [3] * 4 and all(r.status is Status.OK for r in finals)
         assert [r.build_secs for r in finals[:3]] == [r.build_secs for r in fastest]  # their own builds
         assert os.listdir(measurer._tmp.name) == ["reference.npz"]  # the finals' libraries removed after
+
+
+@pytest.mark.parametrize("control", [True, False])
+def test_runs_after_the_first_are_ranked_beside_the_measurers_fastest_kept_run(control):
+    import random
+
+    from autotune import ops
+    from autotune.cost_model import latency_or_nan
+    from autotune.measure import Measurer, MeasureOptions
+    from autotune.search_space import SearchSpace
+
+    space = SearchSpace(ops.make("matmul", "16,16,16"))
+    rng = random.Random(2)
+    candidates = list({c.key: c for c in (space.sample(rng) for _ in range(12))}.values())[:4]
+    options = MeasureOptions(repeat=3, min_repeat_ms=1, screen_ratio=0, control=control)
+    with Measurer(space, resolve_target("llvm"), options) as measurer:
+        records = list(measurer.measure(candidates))
+    assert all(r.status is Status.OK for r in records)
+    assert records[0].ranking_latency is None  # nothing kept to time it beside
+    if control:  # the others on the leader's scale: their ratio to it, times its ranking latency
+        assert all(r.ranking_latency and r.ranked_latency == r.ranking_latency for r in records[1:])
+        assert [latency_or_nan(r) for r in records] == [r.ranked_latency for r in records]  # what the model learns
+    else:
+        assert all(r.ranking_latency is None and r.ranked_latency == r.latency for r in records)
+
+
+def test_the_control_stays_until_a_kept_run_ranks_twice_as_fast_and_is_never_its_own(tmp_path):
+    import os
+
+    from autotune import ops
+    from autotune.measure import Measurer
+    from autotune.search_space import Candidate, SearchSpace
+
+    a, b, c, other = (Candidate({"unroll": n}) for n in (1, 2, 3, 4))
+    with Measurer(SearchSpace(ops.make("matmul", "16,16,16")), resolve_target("llvm")) as measurer:
+        def keep(candidate, seconds):
+            path = tmp_path / f"{candidate.key}.so"
+            path.write_bytes(b"")
+            measurer._kept[candidate.key] = (seconds, {"out_path": str(path)})
+            return str(path)
+
+        assert measurer._control_for(other) is None  # nothing kept yet
+        keep(a, 0.010)
+        assert measurer._control_for(other).key == a.key
+        keep(b, 0.006)  # faster, not twice as fast: the scale stays on a
+        assert measurer._control_for(other).key == a.key
+        c_path = keep(c, 0.004)
+        assert measurer._control_for(other).key == c.key and measurer._control_for(c) is None
+        del measurer._kept[c.key]
+        os.remove(c_path)  # the finals took it, timed it and removed it
+        assert measurer._control_for(other).key == b.key  # the fastest kept run now
+        measurer._kept.clear()
+        keep(a, 0.5)
+        assert measurer._control_for(other).key == b.key  # its file is still there
+        os.remove(tmp_path / f"{b.key}.so")
+        assert measurer._control_for(other) is None  # a run slower than slow_secs is no control
 
 
 def _maps_torch(worker: WorkerProcess) -> bool:
