@@ -65,7 +65,7 @@ class MeasureOptions:
     # stops there (one repeat instead of `repeat`): it cannot become the best, and its one repeat of
     # min_repeat_ms is precise enough to rank it for the cost model. 0 times every repeat.
     screen_ratio: float = 1.5
-    # While tuning, each timed repeat of a candidate is followed by one of a control, a fast run this
+    # With `control`, each timed repeat of a candidate is followed by one of a control, a fast run this
     # Measurer kept (the tune's leader, or one at most 2x slower: Measurer._control_for), on the same
     # arrays; the candidate is then ranked by the median of its repeats' ratios to the control's,
     # times the control's ranking latency (TrialRecord.ranking_latency): what the search keeps, the
@@ -74,8 +74,10 @@ class MeasureOptions:
     # its kernel. In 10 placements of 20 batch-matmul kernels, each timed in the same moments, taking
     # out each moment's common factor cut the spread of a kernel's times from 0.140 to 0.057 (sd of
     # log; bench/RESULTS.md, 2026-12-07). Runs slower than `slow_secs` are no control; there is none
-    # on a fleet, nor without finalists (the kept runs are the finalists').
-    control: bool = True
+    # on a fleet, nor without finalists (the kept runs are the finalists'). Off by default: in 35
+    # paired 64-trial tunes it found kernels 1.01x as fast (standard error 0.03) for 8% more wall
+    # time, and its labels were no easier for the cost model to learn (RESULTS.md, 2026-12-07).
+    control: bool = False
     # At the end of a tune the leading `finalists` trials are timed head to head, `finals_rounds`
     # repeats each taken in turn, and re-ranked by that (tuner.TaskTuner.finals). Why: trials timed
     # at separate moments of a VM whose speed drifts rank partly by their moment, and the reported

@@ -197,7 +197,7 @@ def _time_and_check(lib: Any, dev: Any, req: dict[str, Any], place: Callable[[li
     With a `control` library (another kernel of the same workload), each repeat of the candidate is
     followed by one of the control on the same arrays, and the answer's "control_latencies" pair up
     with its "latencies": their ratios are the candidate's speed relative to the control's at the
-    same moments, which this VM's drifts of up to 1.5x within a minute do not move (measure.py). The
+    same moments, meant to cancel this VM's drifts of up to 1.5x within a minute (MeasureOptions.control). The
     screen (req["screen_secs"]) is then on that ratio (req["screen_vs_control"]).
     """
     expected, outputs, inputs = _reference_inputs(req)

@@ -7,7 +7,7 @@
     python bench/space_ab.py --strategy model --variant-batch-size 8 --workloads conv2d_nchw dense
     python bench/space_ab.py --strategy model --corpus corpus.db --variant-model RETRAIN_GROWTH=0.05
     python bench/space_ab.py --strategy model --variant-env AUTOTUNE_VECTOR_MATH=0 --workloads softmax bert_ffn1
-    python bench/space_ab.py --strategy model --variant-measure control=false --workloads batch_matmul dense
+    python bench/space_ab.py --strategy model --variant-measure control=true --workloads batch_matmul dense
 
 For each workload (bench/compare.py's suite names) and seed: `autotune.tune` with the default
 space (search_spaces/cpu.toml) and with the variant (SpaceConfig fields set as given, and/or

@@ -242,11 +242,12 @@ def test_the_control_stays_until_a_kept_run_ranks_twice_as_fast_and_is_never_its
     import os
 
     from autotune import ops
-    from autotune.measure import Measurer
+    from autotune.measure import Measurer, MeasureOptions
     from autotune.search_space import Candidate, SearchSpace
 
     a, b, c, other = (Candidate({"unroll": n}) for n in (1, 2, 3, 4))
-    with Measurer(SearchSpace(ops.make("matmul", "16,16,16")), resolve_target("llvm")) as measurer:
+    options = MeasureOptions(control=True)
+    with Measurer(SearchSpace(ops.make("matmul", "16,16,16")), resolve_target("llvm"), options) as measurer:
         def keep(candidate, seconds):
             path = tmp_path / f"{candidate.key}.so"
             path.write_bytes(b"")
