@@ -166,8 +166,9 @@ class CostModel:
 
 
 def latency_or_nan(record: TrialRecord) -> float:
-    """The seconds a record is ranked by (its latency on its tune's common scale: TrialRecord.ranking_latency),
-    or NaN when it did not run correctly: what the model learns and the search keeps as parents."""
+    """The seconds a record is ranked by (TrialRecord.ranked_latency: its own median, or its latency on its
+    tune's common scale once finals or a control set one), or NaN when it did not run correctly: what the
+    model learns and the search keeps as parents, so that they agree with `best`, with the control off too."""
     return record.ranked_latency or float("nan")
 
 

@@ -38,7 +38,8 @@ BUSY_TIMEOUT_MS = 30_000
 _TRIAL_JSON_COLUMNS = ("decisions", "trace", "latencies", "versions")
 _SESSION_JSON_COLUMNS = ("tasks", "options")
 # Both tuned lookups filter on (workload_key, target_key) first; see _m001_initial's indexes.
-# Correct trials in ranking order: by ranking_latency, which is a trial's own median until finals re-rank it.
+# Correct trials in ranking order: by ranking_latency (TrialRecord.ranked_latency): a trial's own median, or
+# its latency on its tune's control scale (MeasureOptions.control), until finals re-rank it.
 _OK_BY_LATENCY = "workload_key = ? AND target_key = ? AND status = 'ok' AND ranking_latency IS NOT NULL"
 
 

@@ -44,7 +44,7 @@ from .workload import stored_workload
 
 LOG_FORMAT = "autotune-log"
 # 2: workloads carry TVM JSON (mod_json); version 1 logs carried TVMScript only. Trials may carry a
-# ranking_latency (finals); an older reader ignores it and ranks by the trials' own medians.
+# ranking_latency (finals, or a control: TrialRecord.ranking_latency); an older reader ignores it and ranks by the trials' own medians.
 LOG_VERSION = 2
 _MAX_ERROR_TEXT = 2000
 CHECK_TIMEOUT = 120.0  # seconds for the worker to read one workload and replay its traces

@@ -373,6 +373,7 @@ class Measurer:
         finally:
             for b in built:
                 _remove(b["out_path"])
+            self._drop_control()
         results = answer.get("results") if answer.get("ok") else None
         for n, i in enumerate(ready):
             result = results[n] if results else answer
@@ -459,6 +460,9 @@ class Measurer:
             _remove(built["out_path"])
             return TrialRecord(status=died.status, error=str(died), **record)
         latencies = tuple(answer.get("latencies") or ())
+        if answer.get("control_missing"):
+            logger.warning("%s: the control's library %s did not load; %s is ranked by its own median",
+                           self.space.workload.name, request["control_path"], candidate.key)
         if answer.get("device"):  # measured on a device of the fleet: the record says which
             record["origin"] = _device_origin(answer)
         done = TrialRecord(status=_status(answer), latencies=latencies, error=answer.get("error", ""),
@@ -492,6 +496,15 @@ class Measurer:
             control = self._control
         return control if control is not None and control.key != candidate.key else None
 
+    def _drop_control(self) -> None:
+        """Forget the control and remove its library: after the finals, which ranked the leaders anew,
+        the next run starts a control of its own (a control no longer among the leaders keeps its file
+        until then, _keep_if_leading)."""
+        with self._kept_lock:
+            control, self._control = self._control, None
+        if control is not None and control.key not in self._kept:
+            _remove(control.path)
+
     def _keep_if_leading(self, record: TrialRecord, built: dict[str, Any]) -> None:
         """Keep the library of a run among this Measurer's `finalists` fastest (time_together would
         otherwise build it again); remove the others' and the one it displaces."""
@@ -503,8 +516,8 @@ class Measurer:
             kept = record.candidate_key in self._kept
             control = self._control.path if self._control is not None else None
         for old in dropped:
-            if old["out_path"] != control:  # the control outlives its place among the leaders
-                _remove(old["out_path"])
+            if old["out_path"] != control:  # the control outlives its place among the leaders (until
+                _remove(old["out_path"])   # _drop_control, or a rebuild of its candidate at its path, below)
         if not kept:
             _remove(built["out_path"])
 

@@ -103,13 +103,17 @@ def _run_and_save(lib: Any, dev: Any, arrays: list[np.ndarray], out_path: str) -
 
 def run(req: dict[str, Any]) -> dict[str, Any]:
     """Time a built candidate, then check the outputs of the timed runs against the reference; with
-    req["control_path"], time that library (the tune's leader) after each repeat too (see _time_and_check)."""
+    req["control_path"], time that library (a fast kept run, MeasureOptions.control) after each repeat
+    too (see _time_and_check), or say "control_missing" when it no longer loads."""
     if req.get("inject") in ("segfault", "hang", "alloc"):
         inject_fault(req["inject"])
     rng = np.random.default_rng(0)  # the same offsets for every candidate
     control = _control_library(req.get("control_path"))
-    return _time_and_check(tvm.runtime.load_module(req["lib_path"]), tvm.cpu(), req,
-                           lambda arrays: [tvm.runtime.from_dlpack(a) for a in placed_copies(arrays, rng)], control)
+    answer = _time_and_check(tvm.runtime.load_module(req["lib_path"]), tvm.cpu(), req,
+                             lambda arrays: [tvm.runtime.from_dlpack(a) for a in placed_copies(arrays, rng)], control)
+    if req.get("control_path") and control is None:
+        answer["control_missing"] = True
+    return answer
 
 
 PLACEMENT_WINDOW = 64 * 1024  # offsets are drawn within this window: wider than the L1 and L2 set strides

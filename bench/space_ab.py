@@ -58,6 +58,8 @@ def variant_config(base: Any, assignments: list[str]) -> Any:
     for text in assignments:
         name, _, value = text.partition("=")
         current = getattr(base, name)  # an unknown name is an AttributeError, which names it
+        if current is None or callable(current):
+            raise SystemExit(f"space_ab: {name} has no value to parse {value!r} as; it cannot be set here")
         if isinstance(current, tuple):  # elements parsed as the current ones: unroll_weights=2,2,2,0.5
             changes[name] = tuple(type(current[0])(v) for v in value.split(",") if v)
         elif isinstance(current, bool):  # bool("false") would be True

@@ -123,7 +123,7 @@ def kill_and_resume(tmp_path, kills: int, budget: int, seed: int = 0):
     for kill_count in kill_counts:
         child = subprocess.Popen([sys.executable, str(script), str(db_path), str(budget)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _wait_for_trials(db_path, max(kill_count, len(seen) + 1), child)
+        _wait_for_trial_count(db_path, max(kill_count, len(seen) + 1), child)
         time.sleep(rng.uniform(0.0, 0.25))  # about one batch of two trials: a build, a run or a commit
         if child.poll() is not None:
             break  # finished its budget before the kill
@@ -138,7 +138,7 @@ def kill_and_resume(tmp_path, kills: int, budget: int, seed: int = 0):
     return done
 
 
-def _wait_for_trials(db_path, at_least: int, child, timeout: float = 120) -> None:
+def _wait_for_trial_count(db_path, at_least: int, child, timeout: float = 120) -> None:
     """Return once the database holds `at_least` trials, or the child has exited, or on timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and child.poll() is None:
