@@ -53,7 +53,7 @@ class TrialRecord:
     origin: str = field(default_factory=socket.gethostname)
     session_id: int | None = None  # the model-tuning session that measured it (see session.py)
     # The seconds it is ranked by (best, top_k): None means its own median. A trial timed beside a
-    # control (the tune's leader, MeasureOptions.control) is ranked by its median ratio to the control
+    # control (a fast kept run of its tune, MeasureOptions.control) is ranked by its median ratio to the control
     # times the control's ranking latency; finals, which time the leaders head to head, rank them anew
     # (tuner.TaskTuner.finals). Logs carry it, so every device that imports a log ranks its trials as
     # the device that tuned them did.

@@ -226,11 +226,11 @@ def _time_and_check(lib: Any, dev: Any, req: dict[str, Any], place: Callable[[li
             timer = control.time_evaluator("main", dev, number=control_number, repeat=1,
                                            min_repeat_ms=req["min_repeat_ms"])
             controls.append(timer(*args).results[0])
-            control_number = _loop_count(req["min_repeat_ms"], controls[0])
         if r == 0:
             if _screened(req, latencies[0], controls[0] if controls else None):
                 break  # no contender for the best: its one repeat ranks it
             number = _loop_count(req["min_repeat_ms"], latencies[0])
+            control_number = _loop_count(req["min_repeat_ms"], controls[0]) if controls else 1
     answer: dict[str, Any] = {"status": "ok", "latencies": latencies, "error": ""}
     if control is not None:
         answer["control_latencies"] = controls
