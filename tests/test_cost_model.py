@@ -286,6 +286,24 @@ def test_guided_search_explores_with_the_best_scored_fresh_draws_at_scored_explo
     assert len(set(c.key for c in batch)) == 8
 
 
+def test_guided_search_carries_its_evolved_population_to_the_next_batch(hw):
+    """With carry, the next batch's evolution starts from the last one's final population (its
+    unmeasured part, re-scored by the updated model) besides the measured parents and fresh draws,
+    so evolution goes on across batches; with carry=0 each batch starts afresh."""
+    for carry in (8, 0):
+        search = _small_trained_search(hw)
+        search.carry = carry
+        search.ask(4)
+        left = [c.key for c in search._carried if c.key not in search.seen]
+        assert len(left) >= 8
+        first_populations = []
+        score = search._score
+        search._score = lambda candidates, scored: (first_populations.append([c.key for c in candidates])
+                                                    if not scored else None) or score(candidates, scored)
+        search.ask(4)
+        assert len(set(left[:8]) & set(first_populations[0])) == (8 if carry else 0)
+
+
 def test_guided_search_picks_the_same_batch_whatever_the_hash_seed():
     """Candidates with equal scores keep their order: a set's order (it changes with PYTHONHASHSEED)
     once decided which of them stayed in the population, so one seed gave two different tunes."""
