@@ -111,8 +111,9 @@ class ModelGuidedSearch(RandomSearch):
         # How many unmeasured candidates of the last batch's final population join the next batch's
         # first one (re-scored by the updated model), so evolution goes on across batches instead of
         # restarting from the measured best and fresh draws. 48 at 256 trials: 0.95x the bests' time
-        # over 16 paired tunes (depthwise 0.82, the tiled contractions 1.00), 0.96x the wall time;
-        # neutral at 64 trials (1.02 +- 0.04, 20 pairs; bench/RESULTS.md, 2026-12-07). 0: no carry.
+        # over 16 paired tunes (depthwise 0.82, the tiled contractions 1.00; two other depthwise
+        # shapes 0.72), 0.96x the wall time; neutral at 64 trials (1.02 +- 0.04, 20 pairs;
+        # bench/RESULTS.md, 2026-12-07). 0: no carry.
         self.carry = carry
         self._carried: list[Candidate] = []  # the last evolution's final population
         self.measured: list[tuple[float, Candidate]] = [
