@@ -296,10 +296,14 @@ def test_guided_search_carries_its_evolved_population_to_the_next_batch(hw):
         search.ask(4)
         left = [c.key for c in search._carried if c.key not in search.seen]
         assert len(left) >= 8
-        first_populations = []
-        score = search._score
-        search._score = lambda candidates, scored: (first_populations.append([c.key for c in candidates])
-                                                    if not scored else None) or score(candidates, scored)
+        first_populations, score = [], search._score
+
+        def recording(candidates, scored):
+            if not scored:  # an evolution's first population is scored into an empty dict
+                first_populations.append([c.key for c in candidates])
+            return score(candidates, scored)
+
+        search._score = recording
         search.ask(4)
         assert len(set(left[:8]) & set(first_populations[0])) == (8 if carry else 0)
 
