@@ -63,7 +63,9 @@ class MeasureOptions:
     slow_secs: float = 0.2  # kernels slower than this get fewer repeats
     # While tuning, a candidate whose first timed repeat is this many times the best latency so far
     # stops there (one repeat instead of `repeat`): it cannot become the best, and its one repeat of
-    # min_repeat_ms is precise enough to rank it for the cost model. 0 times every repeat.
+    # min_repeat_ms is precise enough to rank it for the cost model. A kernel whose untimed first run
+    # lasts min_repeat_ms or more and is past the screen stops even before that (worker._first_run_only).
+    # 0 times every repeat.
     screen_ratio: float = 1.5
     # With `control`, each timed repeat of a candidate is followed by one of a control, a fast run this
     # Measurer kept (the tune's leader, or one at most 2x slower: Measurer._control_for), on the same
@@ -328,20 +330,30 @@ class Measurer:
 
     def measure(self, candidates: Sequence[Candidate], best_so_far: float | None = None) -> Iterator[TrialRecord]:
         """Build all candidates in parallel, then time them (one by one here, or in parallel on a fleet's
-        devices); yields a record as each finishes. With `best_so_far` (seconds), candidates that are
-        clearly slower get one timed repeat only (see MeasureOptions.screen_ratio)."""
+        devices); yields a record as each finishes. Candidates clearly slower than the best so far get one
+        timed repeat only (see MeasureOptions.screen_ratio): the best is `best_so_far` (seconds, the
+        tune's best before this batch), and here also the batch's own runs as they finish, so that the
+        first batch of a tune, which has no best before it, is screened too."""
         if not self._prepared:
             self.prepare()
-        screen = best_so_far * self.options.screen_ratio if best_so_far and self.options.screen_ratio > 0 else None
         builds = [self._workers.threads.submit(self._build, c) for c in candidates]
         if self._workers.remote is None:  # one at a time on this machine, once no build competes for the cores
+            best = best_so_far
             for candidate, built in zip(candidates, [b.result() for b in builds]):
-                yield self._run(candidate, built, screen)
+                record = self._run(candidate, built, self._screen(best))
+                if record.ranked_latency is not None and (best is None or record.ranked_latency < best):
+                    best = record.ranked_latency
+                yield record
             return
+        screen = self._screen(best_so_far)
         runs = [self._workers.remote.threads.submit(self._run_when_built, c, b, screen)
                 for c, b in zip(candidates, builds)]
         for run in as_completed(runs):  # the fleet's devices run in parallel, each as soon as its build is done
             yield run.result()
+
+    def _screen(self, best: float | None) -> float | None:
+        """Seconds beyond which a run is screened (one timed repeat), given the best so far; None: none is."""
+        return best * self.options.screen_ratio if best and self.options.screen_ratio > 0 else None
 
     def time_together(self, candidates: Sequence[Candidate], rounds: int) -> list[TrialRecord]:
         """Build the candidates, then time them head to head in one job: `rounds` repeats each, taken in

@@ -10,6 +10,7 @@ import logging
 import os
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -186,9 +187,7 @@ class TaskTuner:
         self, n: int, progress: Callable[[Progress], None] | None = None, done_before: int = 0, total: int | None = None
     ) -> list[TrialRecord]:
         """Measure up to n new candidates and commit each; an empty list means the space is exhausted."""
-        if self.baseline is None:
-            self.baseline = self.measurer.prepare()
-        batch = self.search.ask(n)
+        batch = self._first_ask(n) if self.baseline is None else self.search.ask(n)
         best = self.db.best(self.workload.key, self.target.key)
         done: list[TrialRecord] = []
         for record in self.measurer.measure(batch, best_so_far=best.ranked_latency if best else None):
@@ -204,6 +203,16 @@ class TaskTuner:
             rows = {key: row.tobytes() for key, row in self.search.told_features.items()}
             self.db.save_features(self.workload.key, self.target.key, FEATURE_VERSION, rows)
         return done
+
+    def _first_ask(self, n: int) -> list[Candidate]:
+        """The first batch, drawn while a worker computes the untuned reference (Measurer.prepare), which
+        sets `baseline`. Why at once: the reference waits for the measurement workers to start (TVM's
+        imports, 2-3 s here) and then runs the untuned code, while the first draw is work of this process."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="autotune-prepare") as pool:
+            preparing = pool.submit(self.measurer.prepare)
+            batch = self.search.ask(n)
+            self.baseline = preparing.result()
+        return batch
 
     def finish(self) -> tuple[TrialRecord | None, float | None]:
         """Settle the best before it is reported: finals among the leaders, or, where there are none to

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 import tvm
+from tvm import s_tir
 
 from .search_space import Candidate, SearchSpace, apply_candidate, trace_json
 from .space_config import SpaceConfig
@@ -63,7 +64,7 @@ def build(req: dict[str, Any]) -> dict[str, Any]:
 def build_reference(req: dict[str, Any]) -> dict[str, Any]:
     """Build the untuned function for a remote device and save its seeded random inputs to req["inputs_path"]."""
     workload = _workload(req)
-    _export(build_module(workload.mod, _target(req)), req)
+    _export(build_module(reference_module(workload), _target(req)), req)
     arrays = workload.random_inputs(seed=req.get("seed", 0))
     np.savez(req["inputs_path"], **{f"arg{i}": a for i, a in enumerate(arrays)})
     return {"ok": True}
@@ -86,9 +87,39 @@ def _target(req: dict[str, Any]) -> tvm.target.Target:
 def reference(req: dict[str, Any]) -> dict[str, Any]:
     """Build the untuned function, run it on seeded random inputs, save inputs and outputs to req["out_path"]."""
     workload = _workload(req)
-    lib = build_module(workload.mod, _target(req))
+    lib = build_module(reference_module(workload), _target(req))
     arrays = workload.random_inputs(seed=req.get("seed", 0))
     return _run_and_save(lib, tvm.cpu(), arrays, req["out_path"])
+
+
+def reference_module(workload: Workload) -> tvm.IRModule:
+    """The untuned function, each of its loop nests with its first loop longer than 1 run in parallel
+    where TVM's `parallel` allows it (a loop over spatial iterators only; nests it refuses stay serial).
+
+    Why: the reference runs once per tune, before any candidate, on one core when left untuned: 3.9 s of
+    a 58 s matmul 1024^3 tune here, and it grows with the shape while a larger machine's cores idle.
+    Running output elements in parallel leaves what each one is computed from, and in which order,
+    as it was: the reference's values do not change (tests/test_measure.py checks them bit for bit).
+    """
+    sch = s_tir.Schedule(workload.mod, error_render_level="none")
+    try:
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    except (RuntimeError, ValueError):  # a function without TVM's root block: left as it is
+        return workload.mod
+    for block in blocks:
+        loops = [lp for lp in sch.get_loops(block) if _extent(sch, lp) > 1]
+        if loops:
+            try:
+                sch.parallel(loops[0])
+            except (RuntimeError, ValueError):  # a reduction loop, or a nest another block already parallelized
+                pass
+    return sch.mod
+
+
+def _extent(sch: s_tir.Schedule, loop: Any) -> int:
+    """A loop's extent, or 0 when it is not a constant."""
+    extent = sch.get(loop).extent
+    return int(extent) if isinstance(extent, tvm.tirx.IntImm) else 0
 
 
 def _run_and_save(lib: Any, dev: Any, arrays: list[np.ndarray], out_path: str) -> dict[str, Any]:
@@ -194,7 +225,7 @@ def _reference_inputs(req: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[
 
 
 def _time_and_check(lib: Any, dev: Any, req: dict[str, Any], place: Callable[[list[np.ndarray]], list[Any]],
-                    control: Any = None) -> dict[str, Any]:
+                    control: Any = None, remote: bool = False) -> dict[str, Any]:
     """Run a loaded candidate once, then time it: each repeat at a new placement of its arrays made by `place`,
     whose outputs are checked against the reference (local or remote device).
 
@@ -202,7 +233,8 @@ def _time_and_check(lib: Any, dev: Any, req: dict[str, Any], place: Callable[[li
     followed by one of the control on the same arrays, and the answer's "control_latencies" pair up
     with its "latencies": their ratios are the candidate's speed relative to the control's at the
     same moments, meant to cancel this VM's drifts of up to 1.5x within a minute (MeasureOptions.control). The
-    screen (req["screen_secs"]) is then on that ratio (req["screen_vs_control"]).
+    screen (req["screen_secs"]) is then on that ratio (req["screen_vs_control"]). `remote`: a fleet's
+    device, whose runs are timed there (_time_repeat).
     """
     expected, outputs, inputs = _reference_inputs(req)
     args = place(inputs)
@@ -210,12 +242,14 @@ def _time_and_check(lib: Any, dev: Any, req: dict[str, Any], place: Callable[[li
     start = time.perf_counter()
     lib["main"](*args)
     once = time.perf_counter() - start
+    if once * 1e3 >= req["min_repeat_ms"] and _screened(req, once, None):
+        return _first_run_only(once, args, outputs, expected, control)
     repeat = req["repeat"] if once < req["slow_secs"] else max(2, req["repeat"] // 3)
     number, latencies, controls, control_number = 1, [], [], 1
     for r in range(repeat):
         args = args if r == 0 else place(inputs)
-        timer = lib.time_evaluator("main", dev, number=number, repeat=1, min_repeat_ms=req["min_repeat_ms"])
-        latencies.append(timer(*args).results[0])
+        latencies.append(_time_repeat(lib, dev, args, number, req["min_repeat_ms"], latencies[-1] if latencies else once,
+                                      remote))
         if req.get("inject") == "wrong" and r == 0:  # as if the timed code had written a wrong value
             first = args[outputs[0]].numpy()
             first.flat[0] += 1.0 + abs(first.flat[0])
@@ -223,9 +257,8 @@ def _time_and_check(lib: Any, dev: Any, req: dict[str, Any], place: Callable[[li
         if error := _wrong_output(args, outputs, expected):
             return {"status": "wrong_result", "latencies": latencies, "error": error}
         if control is not None:  # after the check: the control overwrites the outputs
-            timer = control.time_evaluator("main", dev, number=control_number, repeat=1,
-                                           min_repeat_ms=req["min_repeat_ms"])
-            controls.append(timer(*args).results[0])
+            controls.append(_time_repeat(control, dev, args, control_number, req["min_repeat_ms"],
+                                         controls[-1] if controls else 0.0, remote))
         if r == 0:
             if _screened(req, latencies[0], controls[0] if controls else None):
                 break  # no contender for the best: its one repeat ranks it
@@ -234,6 +267,43 @@ def _time_and_check(lib: Any, dev: Any, req: dict[str, Any], place: Callable[[li
     answer: dict[str, Any] = {"status": "ok", "latencies": latencies, "error": ""}
     if control is not None:
         answer["control_latencies"] = controls
+    return answer
+
+
+def _time_repeat(lib: Any, dev: Any, args: list[Any], number: int, min_repeat_ms: float, last: float,
+                 remote: bool) -> float:
+    """Seconds per run over one timed repeat of a loaded kernel while tuning: `number` runs in TVM's
+    time_evaluator, which lengthens the repeat to `min_repeat_ms`; or, on this machine, for a kernel
+    whose `last` run took min_repeat_ms or more, one run timed here.
+
+    Why: a time_evaluator first runs the kernel once untimed, and every repeat needs an evaluator of its
+    own (each repeat is at its own placement of the arrays), so a kernel of min_repeat_ms or more ran
+    twice per timed run: about 40 % of the run time of a matmul 1024^3 tune. Timed here, a call's
+    overhead is microseconds against those milliseconds; the run is the first on its placement, which
+    cost 0-3 % more than the evaluator's warm run in paired timings of 10-45 ms kernels (median about
+    2 %, within this VM's noise; bench/RESULTS.md, 2026-12-07). The finals (_time_in_turn), which pick
+    the reported best among close leaders, keep the evaluator. A fleet's device (`remote`) times its
+    runs itself: a time taken on this side would include the network."""
+    if not remote and number == 1 and last * 1e3 >= min_repeat_ms:
+        start = time.perf_counter()
+        lib["main"](*args)
+        return time.perf_counter() - start
+    timer = lib.time_evaluator("main", dev, number=number, repeat=1, min_repeat_ms=min_repeat_ms)
+    return timer(*args).results[0]
+
+
+def _first_run_only(once: float, args: list[Any], outputs: list[int], expected: dict[str, np.ndarray],
+                    control: Any) -> dict[str, Any]:
+    """The answer for a kernel whose first run lasted a repeat (min_repeat_ms) or more and is already past
+    the screen: that run, checked, is its only timing. Why: timing it again costs as much again and
+    cannot make it a contender (a 3.9 s draw of matmul 1024^3, whose best ran in 14 ms, took 11.7 s for
+    its first run and two repeats; a layernorm that recomputes its variance for every element, 150 ms
+    against the best's 0.03). A run that long is timed in one run anyway (_time_repeat)."""
+    if error := _wrong_output(args, outputs, expected):
+        return {"status": "wrong_result", "latencies": [once], "error": error}
+    answer: dict[str, Any] = {"status": "ok", "latencies": [once], "error": ""}
+    if control is not None:
+        answer["control_latencies"] = []  # ranked by its own time: no control ran beside it
     return answer
 
 
@@ -284,7 +354,7 @@ def rpc_run(req: dict[str, Any]) -> dict[str, Any]:
     def measure(session: Any) -> dict[str, Any]:
         lib, dev = _upload(session, req["lib_path"])
         # fresh device arrays per repeat: the device's allocator places them (no views across RPC)
-        return _time_and_check(lib, dev, req, lambda arrays: [tvm.runtime.tensor(a, dev) for a in arrays])
+        return _time_and_check(lib, dev, req, lambda arrays: [tvm.runtime.tensor(a, dev) for a in arrays], remote=True)
 
     return _on_device(req, measure)
 

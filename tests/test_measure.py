@@ -93,6 +93,92 @@ def test_a_clearly_slower_candidate_is_timed_once_and_still_checked(tmp_path, ar
         worker.kill()
 
 
+def test_a_kernel_whose_first_run_lasts_a_repeat_and_is_past_the_screen_is_not_timed_again(tmp_path, arrays):
+    good = _export(tmp_path, "good", lambda A, i: A[i] * 2.0)
+    wrong = _export(tmp_path, "wrong", lambda A, i: A[i] * 3.0)
+    worker = WorkerProcess("runner", threads=1)
+    try:
+        def answer(lib, min_repeat_ms, **request):  # these kernels run for microseconds
+            return worker.call({**_request(lib, arrays), "min_repeat_ms": min_repeat_ms, "screen_secs": 1e-12,
+                                **request}, timeout=60)
+
+        # "wrong" corrupts the output after the first timed repeat: ok here means none was timed
+        first_only = answer(good, 0, inject="wrong")
+        assert first_only["status"] == "ok" and len(first_only["latencies"]) == 1
+        assert answer(good, 1, inject="wrong")["status"] == Status.WRONG_RESULT.value  # shorter: one repeat timed
+        assert answer(wrong, 0)["status"] == Status.WRONG_RESULT.value  # its first run's outputs are checked
+    finally:
+        worker.kill()
+
+
+def test_kernels_of_a_repeat_or_longer_are_timed_in_one_run_here_and_on_a_fleets_device_by_tvm():
+    from types import SimpleNamespace
+
+    from autotune.worker import _time_repeat
+
+    class Kernel(dict):
+        """A loaded library whose "main" counts its runs; its time_evaluator says what it was asked for."""
+
+        def __init__(self):
+            super().__init__(main=lambda *args: self.runs.append(args))
+            self.runs, self.evaluators = [], []
+
+        def time_evaluator(self, name, dev, number, repeat, min_repeat_ms):
+            self.evaluators.append(number)
+            return lambda *args: SimpleNamespace(results=[0.5])
+
+    kernel = Kernel()
+    assert _time_repeat(kernel, None, ["a"], 1, 10, last=0.010, remote=False) < 0.5  # timed here
+    assert kernel.runs == [("a",)] and kernel.evaluators == []  # one run, no evaluator and its untimed run
+    assert _time_repeat(kernel, None, ["a"], 1, 10, last=0.009, remote=False) == 0.5  # shorter: TVM loops it
+    assert _time_repeat(kernel, None, ["a"], 3, 10, last=0.020, remote=False) == 0.5
+    assert _time_repeat(kernel, None, ["a"], 1, 10, last=0.020, remote=True) == 0.5  # timed on the device
+    assert len(kernel.runs) == 1 and kernel.evaluators == [1, 3, 1]
+
+
+def test_the_screen_tightens_with_the_batchs_own_runs():
+    import random
+
+    from autotune import ops
+    from autotune.measure import Measurer, MeasureOptions
+    from autotune.search_space import SearchSpace
+
+    space = SearchSpace(ops.make("matmul", "16,16,16"))
+    rng = random.Random(3)
+    candidates = list({c.key: c for c in (space.sample(rng) for _ in range(12))}.values())[:4]
+    options = MeasureOptions(repeat=2, min_repeat_ms=1, screen_ratio=1.5)
+    with Measurer(space, resolve_target("llvm"), options) as measurer:
+        screens: list = []
+        run = measurer._run
+        measurer._run = lambda c, built, screen=None: screens.append(screen) or run(c, built, screen)
+        records = list(measurer.measure(candidates))  # a tune's first batch: no best before it
+        assert all(r.status is Status.OK for r in records)
+        assert screens[0] is None
+        for i in range(1, 4):
+            assert screens[i] == pytest.approx(1.5 * min(r.ranked_latency for r in records[:i]))
+        screens.clear()
+        list(measurer.measure(candidates[:1], best_so_far=1e-9))
+        assert screens == [pytest.approx(1.5e-9)]
+
+
+@pytest.mark.parametrize("op, shape", [("matmul", "64,48,32"), ("conv2d_nchw", "1,8,10,10,8,3,3"),
+                                       ("softmax", "8,40"), ("layernorm", "4,64")])
+def test_the_reference_runs_in_parallel_and_computes_what_the_untuned_function_does(op, shape):
+    from autotune import ops
+    from autotune.vector_math import build
+    from autotune.worker import reference_module
+
+    workload = ops.make(op, shape)
+    module = reference_module(workload)
+    assert "T.parallel" in module.script()
+    outputs = []
+    for mod in (workload.mod, module):
+        tensors = [tvm.runtime.tensor(a, tvm.cpu()) for a in workload.random_inputs(seed=0)]
+        build(mod, resolve_target("llvm").target)["main"](*tensors)
+        outputs.append([t.numpy() for t in tensors])
+    assert all(np.array_equal(a, b) for a, b in zip(*outputs))  # bit for bit
+
+
 def _export_slow_double(tmp_path, steps: int) -> str:
     """B = 2 * A the slow way: a sum of `steps` equal terms (exact in float32 for these inputs)."""
     A = te.placeholder((N,), name="A")
