@@ -56,7 +56,8 @@ class MeasureOptions:
     min_build_timeout: float = 2.0
     run_timeout: float = 30.0
     repeat: int = 5  # timed repeats, each at another placement of the arrays (worker.placed_copies); the median is the latency
-    # Each repeat loops the kernel for at least this long. 10 ms, not more: the 5-repeat medians of a
+    # Each repeat loops the kernel for at least this long (a kernel whose first run already lasts this
+    # long is timed in one run per repeat: worker._time_repeat). 10 ms, not more: the 5-repeat medians of a
     # 2.6 ms matmul spread the same (CV 0.02-0.03) at 5, 10, 15 and 30 ms per repeat, interleaved; what
     # varies on these VMs is the machine from one second to the next, which longer repeats do not average.
     min_repeat_ms: int = 10
@@ -307,7 +308,8 @@ class Measurer:
         self._tmp.cleanup()
 
     def prepare(self) -> float:
-        """Compute the untuned reference outputs once; returns the untuned run's seconds."""
+        """Compute the untuned reference outputs once; returns the reference run's seconds (the untuned
+        function with its outer loops in parallel: worker.reference_module)."""
         timeout = max(600.0, self.options.run_timeout)
         if self._workers.remote is not None:  # built here, computed on a device of the fleet
             lib_path = os.path.join(self._tmp.name, "reference.so")
@@ -324,14 +326,16 @@ class Measurer:
         if not answer.get("ok"):
             raise RuntimeError(f"the untuned reference failed to build or run: {answer.get('error')}")
         self._prepared = True
-        # A candidate may be as slow as the untuned code; give it time for its repeats.
-        self._run_timeout = max(self.options.run_timeout, 10 * float(answer["secs"]) + 1)
+        # A candidate may be as slow as the untuned code, on one core (the default candidate); give it
+        # time for its repeats.
+        cores = max(1, self.target.num_cores)
+        self._run_timeout = max(self.options.run_timeout, 10 * float(answer["secs"]) * cores + 1)
         return float(answer["secs"])
 
     def measure(self, candidates: Sequence[Candidate], best_so_far: float | None = None) -> Iterator[TrialRecord]:
         """Build all candidates in parallel, then time them (one by one here, or in parallel on a fleet's
         devices); yields a record as each finishes. Candidates clearly slower than the best so far get one
-        timed repeat only (see MeasureOptions.screen_ratio): the best is `best_so_far` (seconds, the
+        timed repeat at most (see MeasureOptions.screen_ratio): the best is `best_so_far` (seconds, the
         tune's best before this batch), and here also the batch's own runs as they finish, so that the
         first batch of a tune, which has no best before it, is screened too."""
         if not self._prepared:

@@ -31,8 +31,9 @@ class TrialRecord:
     """One measured candidate of one workload on one hardware target.
 
     `latencies` holds the seconds per run of each timed repeat (TVM's time_evaluator, or one run
-    timed by the worker for kernels of a repeat's length or more: worker._time_repeat); the
-    median of them is the candidate's latency. `decisions` is the candidate (see
+    timed by the worker for kernels of a repeat's length or more: worker._time_repeat; for such a
+    kernel screened on its first run, that run alone: worker._first_run_only); the median of them
+    is the candidate's latency. `decisions` is the candidate (see
     search_space.Candidate) and `trace` TVM's schedule trace as plain JSON, kept for interop.
     """
 

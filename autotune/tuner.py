@@ -58,7 +58,7 @@ class TuneResult:
     best: TrialRecord | None
     mod: tvm.IRModule | None
     trials: tuple[TrialRecord, ...] = field(default=())
-    baseline_latency: float | None = None
+    baseline_latency: float | None = None  # seconds of the reference run (Measurer.prepare)
     wall_secs: float = 0.0
     # The best measured again, freshly built, before it was reported: its finals latency, timed head to
     # head with the runners-up (TaskTuner.finals), or, without finals, its re-measurement alone.
@@ -208,10 +208,15 @@ class TaskTuner:
         """The first batch, drawn while a worker computes the untuned reference (Measurer.prepare), which
         sets `baseline`. Why at once: the reference waits for the measurement workers to start (TVM's
         imports, 2-3 s here) and then runs the untuned code, while the first draw is work of this process."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="autotune-prepare") as pool:
-            preparing = pool.submit(self.measurer.prepare)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autotune-prepare")
+        preparing = pool.submit(self.measurer.prepare)
+        try:
             batch = self.search.ask(n)
             self.baseline = preparing.result()
+        except BaseException:  # Ctrl-C included: not waiting for the reference, whose worker close() kills
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         return batch
 
     def finish(self) -> tuple[TrialRecord | None, float | None]:

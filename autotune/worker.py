@@ -64,7 +64,7 @@ def build(req: dict[str, Any]) -> dict[str, Any]:
 def build_reference(req: dict[str, Any]) -> dict[str, Any]:
     """Build the untuned function for a remote device and save its seeded random inputs to req["inputs_path"]."""
     workload = _workload(req)
-    _export(build_module(reference_module(workload), _target(req)), req)
+    _export(_reference_executable(workload, _target(req)), req)
     arrays = workload.random_inputs(seed=req.get("seed", 0))
     np.savez(req["inputs_path"], **{f"arg{i}": a for i, a in enumerate(arrays)})
     return {"ok": True}
@@ -87,9 +87,18 @@ def _target(req: dict[str, Any]) -> tvm.target.Target:
 def reference(req: dict[str, Any]) -> dict[str, Any]:
     """Build the untuned function, run it on seeded random inputs, save inputs and outputs to req["out_path"]."""
     workload = _workload(req)
-    lib = build_module(reference_module(workload), _target(req))
+    lib = _reference_executable(workload, _target(req))
     arrays = workload.random_inputs(seed=req.get("seed", 0))
     return _run_and_save(lib, tvm.cpu(), arrays, req["out_path"])
+
+
+def _reference_executable(workload: Workload, target: tvm.target.Target) -> Any:
+    """The untuned function built with its loop nests in parallel (reference_module), or as it is where
+    that does not build."""
+    try:
+        return build_module(reference_module(workload), target)
+    except Exception:  # noqa: BLE001 - TVM raises its own error types; the plain function is the reference then
+        return build_module(workload.mod, target)
 
 
 def reference_module(workload: Workload) -> tvm.IRModule:
@@ -227,7 +236,9 @@ def _reference_inputs(req: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[
 def _time_and_check(lib: Any, dev: Any, req: dict[str, Any], place: Callable[[list[np.ndarray]], list[Any]],
                     control: Any = None, remote: bool = False) -> dict[str, Any]:
     """Run a loaded candidate once, then time it: each repeat at a new placement of its arrays made by `place`,
-    whose outputs are checked against the reference (local or remote device).
+    whose outputs are checked against the reference (local or remote device). A kernel whose first run
+    already lasts a repeat is timed in one run per repeat (_time_repeat), and may not be timed at all
+    (_first_run_only).
 
     With a `control` library (another kernel of the same workload), each repeat of the candidate is
     followed by one of the control on the same arrays, and the answer's "control_latencies" pair up
@@ -239,26 +250,25 @@ def _time_and_check(lib: Any, dev: Any, req: dict[str, Any], place: Callable[[li
     expected, outputs, inputs = _reference_inputs(req)
     args = place(inputs)
     # One run first: it checks that the code runs at all and sizes the timing loop.
+    main = lib["main"]
     start = time.perf_counter()
-    lib["main"](*args)
+    main(*args)
     once = time.perf_counter() - start
-    if once * 1e3 >= req["min_repeat_ms"] and _screened(req, once, None):
-        return _first_run_only(once, args, outputs, expected, control)
+    # Decided once per kernel, so that all its repeats are timed alike; a fleet's device times them itself.
+    direct = not remote and req["min_repeat_ms"] > 0 and once * 1e3 >= req["min_repeat_ms"]
+    if direct and control is None and _screened(req, once, None):
+        return _first_run_only(once, args, outputs, expected, dev, req)
     repeat = req["repeat"] if once < req["slow_secs"] else max(2, req["repeat"] // 3)
     number, latencies, controls, control_number = 1, [], [], 1
     for r in range(repeat):
         args = args if r == 0 else place(inputs)
-        latencies.append(_time_repeat(lib, dev, args, number, req["min_repeat_ms"], latencies[-1] if latencies else once,
-                                      remote))
-        if req.get("inject") == "wrong" and r == 0:  # as if the timed code had written a wrong value
-            first = args[outputs[0]].numpy()
-            first.flat[0] += 1.0 + abs(first.flat[0])
-            args[outputs[0]] = tvm.runtime.tensor(first, dev)
+        latencies.append(_time_repeat(lib, dev, args, number, req["min_repeat_ms"], direct))
+        if req.get("inject") == "wrong" and r == 0:
+            _write_wrong_value(args, outputs, dev)
         if error := _wrong_output(args, outputs, expected):
             return {"status": "wrong_result", "latencies": latencies, "error": error}
         if control is not None:  # after the check: the control overwrites the outputs
-            controls.append(_time_repeat(control, dev, args, control_number, req["min_repeat_ms"],
-                                         controls[-1] if controls else 0.0, remote))
+            controls.append(_time_repeat(control, dev, args, control_number, req["min_repeat_ms"], direct=False))
         if r == 0:
             if _screened(req, latencies[0], controls[0] if controls else None):
                 break  # no contender for the best: its one repeat ranks it
@@ -270,11 +280,10 @@ def _time_and_check(lib: Any, dev: Any, req: dict[str, Any], place: Callable[[li
     return answer
 
 
-def _time_repeat(lib: Any, dev: Any, args: list[Any], number: int, min_repeat_ms: float, last: float,
-                 remote: bool) -> float:
+def _time_repeat(lib: Any, dev: Any, args: list[Any], number: int, min_repeat_ms: float, direct: bool) -> float:
     """Seconds per run over one timed repeat of a loaded kernel while tuning: `number` runs in TVM's
-    time_evaluator, which lengthens the repeat to `min_repeat_ms`; or, on this machine, for a kernel
-    whose `last` run took min_repeat_ms or more, one run timed here.
+    time_evaluator, which lengthens the repeat to `min_repeat_ms`; or, `direct` (on this machine, for a
+    kernel whose first run took min_repeat_ms or more: _time_and_check), one run timed here.
 
     Why: a time_evaluator first runs the kernel once untimed, and every repeat needs an evaluator of its
     own (each repeat is at its own placement of the arrays), so a kernel of min_repeat_ms or more ran
@@ -282,29 +291,38 @@ def _time_repeat(lib: Any, dev: Any, args: list[Any], number: int, min_repeat_ms
     overhead is microseconds against those milliseconds; the run is the first on its placement, which
     cost 0-3 % more than the evaluator's warm run in paired timings of 10-45 ms kernels (median about
     2 %, within this VM's noise; bench/RESULTS.md, 2026-12-07). The finals (_time_in_turn), which pick
-    the reported best among close leaders, keep the evaluator. A fleet's device (`remote`) times its
-    runs itself: a time taken on this side would include the network."""
-    if not remote and number == 1 and last * 1e3 >= min_repeat_ms:
+    the reported best among close leaders, keep the evaluator, and so do the controls
+    (MeasureOptions.control), whose ratios pair with the candidate's. A fleet's device times its runs
+    itself: a time taken on this side would include the network."""
+    if direct:
+        main = lib["main"]
         start = time.perf_counter()
-        lib["main"](*args)
+        main(*args)
         return time.perf_counter() - start
     timer = lib.time_evaluator("main", dev, number=number, repeat=1, min_repeat_ms=min_repeat_ms)
     return timer(*args).results[0]
 
 
-def _first_run_only(once: float, args: list[Any], outputs: list[int], expected: dict[str, np.ndarray],
-                    control: Any) -> dict[str, Any]:
+def _first_run_only(once: float, args: list[Any], outputs: list[int], expected: dict[str, np.ndarray], dev: Any,
+                    req: dict[str, Any]) -> dict[str, Any]:
     """The answer for a kernel whose first run lasted a repeat (min_repeat_ms) or more and is already past
     the screen: that run, checked, is its only timing. Why: timing it again costs as much again and
     cannot make it a contender (a 3.9 s draw of matmul 1024^3, whose best ran in 14 ms, took 11.7 s for
     its first run and two repeats; a layernorm that recomputes its variance for every element, 150 ms
-    against the best's 0.03). A run that long is timed in one run anyway (_time_repeat)."""
+    against the best's 0.03). A run that long is timed in one run anyway (_time_repeat). Not with a
+    control, whose screen is on the ratio of their times (_time_and_check), nor on a fleet's device."""
+    if req.get("inject") == "wrong":
+        _write_wrong_value(args, outputs, dev)
     if error := _wrong_output(args, outputs, expected):
         return {"status": "wrong_result", "latencies": [once], "error": error}
-    answer: dict[str, Any] = {"status": "ok", "latencies": [once], "error": ""}
-    if control is not None:
-        answer["control_latencies"] = []  # ranked by its own time: no control ran beside it
-    return answer
+    return {"status": "ok", "latencies": [once], "error": ""}
+
+
+def _write_wrong_value(args: list[Any], outputs: list[int], dev: Any) -> None:
+    """Test-only (MeasureOptions.inject "wrong"): change one output value, as if the timed code had written it."""
+    first = args[outputs[0]].numpy()
+    first.flat[0] += 1.0 + abs(first.flat[0])
+    args[outputs[0]] = tvm.runtime.tensor(first, dev)
 
 
 def _screened(req: dict[str, Any], seconds: float, control_seconds: float | None) -> bool:

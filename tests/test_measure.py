@@ -1,6 +1,9 @@
 """Measurement isolation: generated code that crashes, hangs or computes wrong numbers is recorded
 with its status, and the worker process that ran it is replaced, never the session."""
 
+import time
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import tvm
@@ -93,47 +96,59 @@ def test_a_clearly_slower_candidate_is_timed_once_and_still_checked(tmp_path, ar
         worker.kill()
 
 
-def test_a_kernel_whose_first_run_lasts_a_repeat_and_is_past_the_screen_is_not_timed_again(tmp_path, arrays):
-    good = _export(tmp_path, "good", lambda A, i: A[i] * 2.0)
-    wrong = _export(tmp_path, "wrong", lambda A, i: A[i] * 3.0)
-    worker = WorkerProcess("runner", threads=1)
-    try:
-        def answer(lib, min_repeat_ms, **request):  # these kernels run for microseconds
-            return worker.call({**_request(lib, arrays), "min_repeat_ms": min_repeat_ms, "screen_secs": 1e-12,
-                                **request}, timeout=60)
+class _SleepingDouble(dict):
+    """A stand-in for a loaded library: its "main" sleeps `seconds` and writes B = factor * A, counting its
+    runs; its time_evaluator is counted and reports 0.5 s."""
 
-        # "wrong" corrupts the output after the first timed repeat: ok here means none was timed
-        first_only = answer(good, 0, inject="wrong")
-        assert first_only["status"] == "ok" and len(first_only["latencies"]) == 1
-        assert answer(good, 1, inject="wrong")["status"] == Status.WRONG_RESULT.value  # shorter: one repeat timed
-        assert answer(wrong, 0)["status"] == Status.WRONG_RESULT.value  # its first run's outputs are checked
-    finally:
-        worker.kill()
+    def __init__(self, seconds: float, factor: float = 2.0):
+        super().__init__(main=self._main)
+        self.seconds, self.factor, self.runs, self.evaluators = seconds, factor, 0, 0
+
+    def _main(self, a, b):
+        time.sleep(self.seconds)
+        b.copyfrom(a.numpy() * self.factor)
+        self.runs += 1
+
+    def time_evaluator(self, name, dev, number, repeat, min_repeat_ms):
+        self.evaluators += 1
+        return lambda a, b: (self._main(a, b), SimpleNamespace(results=[0.5]))[1]
 
 
-def test_kernels_of_a_repeat_or_longer_are_timed_in_one_run_here_and_on_a_fleets_device_by_tvm():
-    from types import SimpleNamespace
+def _time_and_check(kernel, arrays, remote=False, control=None, **request):
+    from autotune.worker import _time_and_check as time_and_check
 
-    from autotune.worker import _time_repeat
+    req = {**_request("unused", arrays), "min_repeat_ms": 10, **request}
+    return time_and_check(kernel, tvm.cpu(), req, lambda inputs: [tvm.runtime.tensor(a) for a in inputs],
+                          control, remote)
 
-    class Kernel(dict):
-        """A loaded library whose "main" counts its runs; its time_evaluator says what it was asked for."""
 
-        def __init__(self):
-            super().__init__(main=lambda *args: self.runs.append(args))
-            self.runs, self.evaluators = [], []
+def test_a_kernel_whose_first_run_lasts_a_repeat_is_timed_once_per_repeat_here(arrays):
+    kernel = _SleepingDouble(0.012)  # over min_repeat_ms (10)
+    answer = _time_and_check(kernel, arrays)
+    assert answer["status"] == "ok" and len(answer["latencies"]) == 3 and min(answer["latencies"]) >= 0.012
+    assert (kernel.runs, kernel.evaluators) == (4, 0)  # its first run, then one per repeat: no evaluator
+    kernel = _SleepingDouble(0.012)
+    assert _time_and_check(kernel, arrays, remote=True)["latencies"] == [0.5] * 3  # a device times itself
+    assert kernel.evaluators == 3
+    kernel = _SleepingDouble(0.0)  # shorter than a repeat: TVM's evaluator loops it
+    assert _time_and_check(kernel, arrays)["latencies"] == [0.5] * 3 and kernel.evaluators == 3
 
-        def time_evaluator(self, name, dev, number, repeat, min_repeat_ms):
-            self.evaluators.append(number)
-            return lambda *args: SimpleNamespace(results=[0.5])
 
-    kernel = Kernel()
-    assert _time_repeat(kernel, None, ["a"], 1, 10, last=0.010, remote=False) < 0.5  # timed here
-    assert kernel.runs == [("a",)] and kernel.evaluators == []  # one run, no evaluator and its untimed run
-    assert _time_repeat(kernel, None, ["a"], 1, 10, last=0.009, remote=False) == 0.5  # shorter: TVM loops it
-    assert _time_repeat(kernel, None, ["a"], 3, 10, last=0.020, remote=False) == 0.5
-    assert _time_repeat(kernel, None, ["a"], 1, 10, last=0.020, remote=True) == 0.5  # timed on the device
-    assert len(kernel.runs) == 1 and kernel.evaluators == [1, 3, 1]
+def test_a_kernel_whose_first_run_lasts_a_repeat_and_is_past_the_screen_is_not_timed_again(arrays):
+    kernel = _SleepingDouble(0.012)
+    answer = _time_and_check(kernel, arrays, screen_secs=0.001)
+    assert answer == {"status": "ok", "latencies": [pytest.approx(0.012, abs=0.5)], "error": ""}
+    assert (kernel.runs, kernel.evaluators) == (1, 0)
+    answer = _time_and_check(_SleepingDouble(0.012, factor=3.0), arrays, screen_secs=0.001)
+    assert answer["status"] == Status.WRONG_RESULT.value  # its one run's outputs are checked
+    injected = _time_and_check(_SleepingDouble(0.012), arrays, screen_secs=0.001, inject="wrong")
+    assert injected["status"] == Status.WRONG_RESULT.value  # as a timed repeat's would be
+    kernel = _SleepingDouble(0.012)
+    assert len(_time_and_check(kernel, arrays, screen_secs=0.001, remote=True)["latencies"]) == 1  # screened
+    assert (kernel.runs, kernel.evaluators) == (2, 1)  # after one repeat, timed on the device
+    kernel, control = _SleepingDouble(0.012), _SleepingDouble(0.0)
+    answer = _time_and_check(kernel, arrays, control=control, screen_secs=0.001, screen_vs_control=1e9)
+    assert len(answer["latencies"]) == 3 and len(answer["control_latencies"]) == 3  # a control screens on ratios
 
 
 def test_the_screen_tightens_with_the_batchs_own_runs():
