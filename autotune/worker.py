@@ -288,9 +288,9 @@ def _time_repeat(lib: Any, dev: Any, args: list[Any], number: int, min_repeat_ms
     Why: a time_evaluator first runs the kernel once untimed, and every repeat needs an evaluator of its
     own (each repeat is at its own placement of the arrays), so a kernel of min_repeat_ms or more ran
     twice per timed run: about 40 % of the run time of a matmul 1024^3 tune. Timed here, a call's
-    overhead is microseconds against those milliseconds; the run is the first on its placement, which
-    cost 0-3 % more than the evaluator's warm run in paired timings of 10-45 ms kernels (median about
-    2 %, within this VM's noise; bench/RESULTS.md, 2026-12-07). The finals (_time_in_turn), which pick
+    overhead is microseconds against those milliseconds; the run is the first on its placement: against
+    the evaluator's warm run, paired timings of 10 kernels of 8-44 ms gave median ratios of 0.85-1.09,
+    1.02 over the ten (within this VM's noise; bench/RESULTS.md, 2026-12-07). The finals (_time_in_turn), which pick
     the reported best among close leaders, keep the evaluator, and so do the controls
     (MeasureOptions.control), whose ratios pair with the candidate's. A fleet's device times its runs
     itself: a time taken on this side would include the network."""
