@@ -11,6 +11,10 @@ pieces. Everything else, and every build outside `build`, is lowered as TVM does
 Every build of autotune goes through `build` and every shared library it writes through
 `export_library` (which links libmvec), so the kernels a tune measures are the ones a pipeline
 runs. Set AUTOTUNE_VECTOR_MATH=0 to build with TVM's own lowering everywhere.
+
+`build` also gives LLVM's code generator one option (CODEGEN_OPTIONS): a smaller region in
+which its instruction schedulers keep every memory access apart, so that unrolled kernels no
+longer take seconds to schedule (see `codegen_target`).
 """
 
 from __future__ import annotations
@@ -45,6 +49,14 @@ SCALARIZED_BY_TVM: dict[str, str] = {
 # Register bits -> (x86 vector ABI ISA letter, the LLVM feature it needs), widest first.
 _ISA_BY_BITS: tuple[tuple[int, str, str], ...] = ((512, "e", "avx512f"), (256, "d", "avx2"), (256, "c", "avx"),
                                                  (128, "b", "sse2"))
+# LLVM's instruction schedulers (before and after register allocation) build a dependence graph of
+# each basic block, in which every load and store is checked against the earlier ones still pending,
+# up to `dag-maps-huge-region` (1000) of them, before older ones are folded into one barrier. An
+# unrolled tile's block holds thousands of accesses: building its graph took up to 9 s of a batch
+# matmul candidate's 10 s build here, against 0.9 s with 100. Scheduling within 100 accesses left
+# the kernels as fast (run-time geomean 0.97-1.02 over 7 workloads' random and best candidates;
+# bench/RESULTS.md, 2026-12-07).
+CODEGEN_OPTIONS: tuple[str, ...] = ("-dag-maps-huge-region:uint=100",)
 _LEVEL = 99  # above TVM's own lowerings (level 10)
 _FLOAT = tvm.DataType("float32").type_code
 
@@ -71,9 +83,31 @@ def register_isas(target: tvm.target.Target) -> dict[int, str]:
 
 
 def build(mod: Any, target: tvm.target.Target, **kwargs: Any) -> Any:
-    """`tvm.compile(mod, target=target, **kwargs)`, with libmvec for vector math on x86."""
+    """`tvm.compile(mod, target=target, **kwargs)`, with libmvec for vector math on x86 and LLVM's
+    CODEGEN_OPTIONS."""
     with lowering(target):
-        return tvm.compile(mod, target=target, **kwargs)
+        return tvm.compile(mod, target=codegen_target(target), **kwargs)
+
+
+def codegen_target(target: tvm.target.Target) -> tvm.target.Target:
+    """`target` with CODEGEN_OPTIONS among its LLVM options (`cl-opt`), for llvm targets; an option
+    the target sets itself is left as it is. TVM records the options in the module it builds and
+    sets them again, for that module only, whenever LLVM compiles it (export, or a JIT on first call)."""
+    if str(target.kind.name) != "llvm":
+        return target
+    config = dict(target.export())
+    own = [str(option) for option in config.get("cl-opt", [])]
+    named = {_option_name(option) for option in own}
+    extra = [option for option in CODEGEN_OPTIONS if _option_name(option) not in named]
+    if not extra:
+        return target
+    config["cl-opt"] = own + extra
+    return tvm.target.Target(config)
+
+
+def _option_name(option: str) -> str:
+    """"-name:type=value" -> "name" (TVM's cl-opt syntax; type and value optional)."""
+    return option.lstrip("-").split("=")[0].split(":")[0]
 
 
 def export_library(executable: Any, path: str, target: tvm.target.Target, fcompile: Any = None) -> None:

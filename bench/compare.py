@@ -199,7 +199,12 @@ def tvm_timer(name: str, mod: tvm.IRModule, hw: autotune.HardwareTarget, ref: Re
         lib = vector_math.build(mod, hw.target)
     except Exception as exc:  # named, so that retime_together can set that tool aside
         raise ValueError(f"{name}: does not build here: {one_line(exc)}") from exc
-    evaluator = lib.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=5, min_repeat_ms=30)
+    return module_timer(name, lib.mod, ref)
+
+
+def module_timer(name: str, module: Any, ref: Reference) -> Timer:
+    """A built module's "main" timed as tvm_timer times it, its outputs checked against the reference."""
+    evaluator = module.time_evaluator("main", tvm.cpu(), number=1, repeat=5, min_repeat_ms=30)
 
     def timed(views: list[np.ndarray]) -> float:
         for i in ref.outputs:

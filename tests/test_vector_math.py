@@ -122,3 +122,19 @@ def test_an_exported_library_loads_libmvec_itself(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert _ulps(np.load(tmp_path / "out.npy"), arrays, "exp") <= 4
+
+
+def _target_flag(executable) -> str:
+    """The target TVM wrote into the built LLVM module: what LLVM is set up with when it compiles it."""
+    ir = executable.mod.inspect_source("ll")
+    return re.search(r'!"tvm_target", !"([^"]*)"', ir).group(1)
+
+
+def test_builds_carry_the_codegen_options_and_keep_a_target_s_own() -> None:
+    mod = _kernel("exp", "float32", 16)
+    assert "-dag-maps-huge-region:uint=100" in _target_flag(vector_math.build(mod, HOST))
+    assert "cl-opt" not in _target_flag(tvm.compile(mod, target=HOST))  # scoped to autotune's builds
+    own = tvm.target.Target({**HOST.export(), "cl-opt": ["-dag-maps-huge-region:uint=7", "-enable-misched:bool=false"]})
+    flag = _target_flag(vector_math.build(mod, own))
+    assert "-dag-maps-huge-region:uint=7" in flag and "uint=100" not in flag and "-enable-misched" in flag
+    assert vector_math.codegen_target(tvm.target.Target({"kind": "c"})).export().get("cl-opt") is None
