@@ -115,11 +115,18 @@ class WorkerDied(Exception):
         self.status = status
 
 
-# How a worker that needs no PyTorch is started. TVM's FFI imports PyTorch whenever it is installed
-# (1.6 s of a worker's 3.5 s start on a 2-core Zen 3), and builds and timed runs never use it: such
-# a worker starts with `import torch` failing, as if it were not installed. Every tune starts three.
-_WITHOUT_TORCH = ("import runpy, sys; sys.modules['torch'] = None; "
-                  "runpy.run_module('autotune.worker', run_name='__main__', alter_sys=True)")
+# How a worker is started: `python -c` with this code. First it takes the working directory off
+# the front of sys.path (where `-c` puts it), so that the worker imports the autotune of the process
+# that starts it (first on its PYTHONPATH, _ensure_started), not an `autotune/` that happens to be
+# in the working directory (another checkout). Then, unless the worker needs PyTorch, it makes
+# `import torch` fail, as if PyTorch were not installed: TVM's FFI imports PyTorch whenever it is
+# installed (1.6 s of a worker's 3.5 s start on a 2-core Zen 3), and builds and timed runs never
+# use it. Every tune starts three workers.
+_WORKER_CODE = ("import os, runpy, sys\n"
+                "if sys.path and sys.path[0] in ('', os.getcwd()): del sys.path[0]\n"
+                "{block_torch}runpy.run_module('autotune.worker', run_name='__main__', alter_sys=True)\n")
+_WITHOUT_TORCH = _WORKER_CODE.format(block_torch="sys.modules['torch'] = None\n")
+_WITH_TORCH = _WORKER_CODE.format(block_torch="")
 
 
 class WorkerProcess:
@@ -177,7 +184,7 @@ class WorkerProcess:
             env = dict(os.environ, TVM_NUM_THREADS=str(self.threads), PYTHONPATH=path,
                        AUTOTUNE_WORKER_MEMORY_MB=str(self.memory_mb))
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "autotune.worker"] if self.torch else [sys.executable, "-c", _WITHOUT_TORCH],
+                [sys.executable, "-c", _WITH_TORCH if self.torch else _WITHOUT_TORCH],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,

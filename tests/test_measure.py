@@ -394,3 +394,19 @@ def test_build_and_run_workers_start_without_pytorch_and_the_pytorch_job_has_it(
         assert _maps_torch(with_torch)
     finally:
         plain.kill(), with_torch.kill()
+
+
+@pytest.mark.parametrize("torch", [False, True])
+def test_a_worker_imports_the_starting_processs_autotune_not_one_in_the_working_directory(tmp_path, monkeypatch,
+                                                                                           torch):
+    """Started from a directory holding another autotune (a second checkout), a worker still runs this one."""
+    other = tmp_path / "autotune"
+    other.mkdir()
+    (other / "__init__.py").write_text("raise ImportError('the autotune of the working directory')\n")
+    monkeypatch.chdir(tmp_path)
+    worker = WorkerProcess("cwd", threads=1, torch=torch)
+    try:
+        answer = worker.call({"job": "no_such_job"}, timeout=120)
+        assert answer["ok"] is False and "no_such_job" in answer["error"]
+    finally:
+        worker.kill()
