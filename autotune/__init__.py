@@ -15,8 +15,9 @@ Public API::
 
 __version__ = "0.3.0"
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+from typing import TYPE_CHECKING
+from typing import Any as _Any
 
 # Public name -> the module of this package that defines it, imported on first use (PEP 562). Why:
 # a measurement worker imports autotune.worker, which needs TVM but not the database, XGBoost or
@@ -49,20 +50,6 @@ _EXPORTS: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    imported = importlib.import_module(f".{module}", __name__)
-    value = imported if name == module else getattr(imported, name)
-    globals()[name] = value  # later lookups do not come back here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
-
-
 if TYPE_CHECKING:  # what type checkers and editors see: the same names, imported eagerly
     from . import ops
     from .database import Database, default_database_path
@@ -93,6 +80,19 @@ if TYPE_CHECKING:  # what type checkers and editors see: the same names, importe
     from .target import HardwareTarget, resolve_target
     from .tuner import Progress, TuneResult, apply_best, tune
     from .workload import Workload, as_workload
+else:  # at run time: each name imported when first asked for (misspelled names stay errors to type checkers)
+    def __getattr__(name: str) -> _Any:
+        module = _EXPORTS.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        imported = _importlib.import_module(f".{module}", __name__)
+        value = imported if name == module else getattr(imported, name)
+        globals()[name] = value  # later lookups do not come back here
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "ApplyReport",

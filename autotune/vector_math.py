@@ -62,6 +62,9 @@ _FLOAT = tvm.DataType("float32").type_code
 
 _active_isas: contextvars.ContextVar[dict[int, str] | None] = contextvars.ContextVar("vector_math_isas", default=None)
 _builds_lock = threading.Lock()
+# Held while `build` compiles and `export_library` writes: both set LLVM's process-wide options
+# (CODEGEN_OPTIONS) for the module at hand, and TVM does not guard that state against two threads.
+_llvm_options_lock = threading.RLock()
 _builds_within = 0  # threads inside `lowering` with libmvec: SCALARIZED_BY_TVM is vectorizable while > 0
 
 
@@ -84,18 +87,22 @@ def register_isas(target: tvm.target.Target) -> dict[int, str]:
 
 def build(mod: Any, target: tvm.target.Target, **kwargs: Any) -> Any:
     """`tvm.compile(mod, target=target, **kwargs)`, with libmvec for vector math on x86 and LLVM's
-    CODEGEN_OPTIONS."""
-    with lowering(target):
+    CODEGEN_OPTIONS. One at a time in a process (_llvm_options_lock)."""
+    with lowering(target), _llvm_options_lock:
         return tvm.compile(mod, target=codegen_target(target), **kwargs)
 
 
 def codegen_target(target: tvm.target.Target) -> tvm.target.Target:
-    """`target` with CODEGEN_OPTIONS among its LLVM options (`cl-opt`), for llvm targets; an option
-    the target sets itself is left as it is. TVM records the options in the module it builds and
-    sets them again, for that module only, whenever LLVM compiles it (export, or a JIT on first call)."""
+    """`target` with CODEGEN_OPTIONS among its LLVM options (`cl-opt`), for llvm targets and an llvm
+    `host` (which TVM compiles CPU functions with); an option the target sets itself is left as it
+    is. TVM records the options in the module it builds and sets them, while it works on that
+    module's LLVM code (export, function lookups of an in-memory module), in process-wide LLVM state:
+    another thread compiling with other `cl-opt` values at that moment fails TVM's check."""
     if str(target.kind.name) != "llvm":
         return target
     config = dict(target.export())
+    if target.host is not None and str(target.host.kind.name) == "llvm":
+        config["host"] = codegen_target(target.host).export()
     own = [str(option) for option in config.get("cl-opt", [])]
     named = {_option_name(option) for option in own}
     extra = [option for option in CODEGEN_OPTIONS if _option_name(option) not in named]
@@ -115,7 +122,8 @@ def export_library(executable: Any, path: str, target: tvm.target.Target, fcompi
     kwargs: dict[str, Any] = {"fcompile": fcompile} if fcompile is not None else {}
     if register_isas(target):
         kwargs["options"] = ["-lmvec"]
-    executable.export_library(path, **kwargs)
+    with _llvm_options_lock:
+        executable.export_library(path, **kwargs)
 
 
 @contextlib.contextmanager

@@ -410,3 +410,15 @@ def test_a_worker_imports_the_starting_processs_autotune_not_one_in_the_working_
         assert answer["ok"] is False and "no_such_job" in answer["error"]
     finally:
         worker.kill()
+
+
+def test_a_worker_starts_in_a_working_directory_that_was_removed(tmp_path, monkeypatch):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    worker = WorkerProcess("gone", threads=1)
+    try:
+        assert worker.call({"job": "no_such_job"}, timeout=120)["ok"] is False
+    finally:
+        worker.kill()

@@ -138,3 +138,5 @@ def test_builds_carry_the_codegen_options_and_keep_a_target_s_own() -> None:
     flag = _target_flag(vector_math.build(mod, own))
     assert "-dag-maps-huge-region:uint=7" in flag and "uint=100" not in flag and "-enable-misched" in flag
     assert vector_math.codegen_target(tvm.target.Target({"kind": "c"})).export().get("cl-opt") is None
+    with_host = tvm.target.Target(HOST.export(), host=HOST.export())  # TVM compiles CPU code with the host
+    assert "-dag-maps-huge-region:uint=100" in _target_flag(vector_math.build(mod, with_host))
