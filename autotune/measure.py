@@ -119,10 +119,9 @@ class WorkerDied(Exception):
 # the front of sys.path (where `-c` puts it, as '', unless PYTHONSAFEPATH is set), so that the
 # worker imports the autotune of the process that starts it (first on its PYTHONPATH,
 # _ensure_started), not an `autotune/` that happens to be in the working directory (another
-# checkout). Then, unless the worker needs PyTorch, it makes
-# `import torch` fail, as if PyTorch were not installed: TVM's FFI imports PyTorch whenever it is
-# installed (1.6 s of a worker's 3.5 s start on a 2-core Zen 3), and builds and timed runs never
-# use it. Every tune starts three workers.
+# checkout). Then, unless the worker needs PyTorch, it makes `import torch` fail, as if PyTorch were
+# not installed: TVM's FFI imports PyTorch whenever it is installed (1.6 s of a worker's 3.5 s start
+# on a 2-core Zen 3), and builds and timed runs never use it. Every tune starts three workers.
 _WORKER_CODE = ("import runpy, sys\n"
                 "if sys.path[:1] == [''] and not getattr(sys.flags, 'safe_path', False): del sys.path[0]\n"
                 "{block_torch}runpy.run_module('autotune.worker', run_name='__main__', alter_sys=True)\n")

@@ -54,8 +54,8 @@ _ISA_BY_BITS: tuple[tuple[int, str, str], ...] = ((512, "e", "avx512f"), (256, "
 # up to `dag-maps-huge-region` (1000) of them, before older ones are folded into one barrier. An
 # unrolled tile's block holds thousands of accesses: building its graph took up to 9 s of a batch
 # matmul candidate's 10 s build here, against 0.9 s with 100. Scheduling within 100 accesses left
-# the kernels as fast (run-time geomean 0.97-1.02 over 7 workloads' random and best candidates;
-# bench/RESULTS.md, 2026-12-07).
+# the kernels as fast: timed interleaved, run-time ratio geomean 1.01 over 96 random draws of 8
+# workloads, 0.98-1.01 for three tunes' best kernels (bench/codegen_options.py; RESULTS.md, 2026-12-07).
 CODEGEN_OPTIONS: tuple[str, ...] = ("-dag-maps-huge-region:uint=100",)
 _LEVEL = 99  # above TVM's own lowerings (level 10)
 _FLOAT = tvm.DataType("float32").type_code

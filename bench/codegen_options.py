@@ -27,7 +27,6 @@ import compare  # sets TVM_NUM_THREADS before tvm is imported
 
 import argparse
 import datetime
-import math
 import random
 import statistics
 import tempfile
@@ -74,10 +73,6 @@ def candidates(space: SearchSpace, n: int, seed: int, db: str | None, top: int,
     return [Candidate(r.decisions) for r in best if r.decisions] + drawn
 
 
-def geomean(values: list[float]) -> float:
-    return math.exp(statistics.fmean(math.log(v) for v in values))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", nargs="+", default=list(compare.SUITE), choices=list(compare.WORKLOADS))
@@ -117,13 +112,13 @@ def main(argv: list[str] | None = None) -> int:
             d, a = arms["default"], arms["autotune"]
             print(f"| {name} | {len(ratios)} | {sum(d.compile_secs):.1f} | {sum(d.export_secs):.1f} | "
                   f"{sum(a.compile_secs):.1f} | {sum(a.export_secs):.1f} | {d.longest():.2f} / {a.longest():.2f} | "
-                  f"{geomean(ratios):.3f} ({min(ratios):.2f}, {max(ratios):.2f}) |", flush=True)
+                  f"{compare.geomean(ratios):.3f} ({min(ratios):.2f}, {max(ratios):.2f}) |", flush=True)
             totals["default"].append(sum(d.compile_secs) + sum(d.export_secs))
             totals["autotune"].append(sum(a.compile_secs) + sum(a.export_secs))
             totals["ratios"] += ratios
     print(f"all: build seconds {sum(totals['default']):.1f} -> {sum(totals['autotune']):.1f} "
           f"({sum(totals['autotune']) / sum(totals['default']):.2f}x); run time autotune/default geomean "
-          f"{geomean(totals['ratios']):.3f} over {len(totals['ratios'])} candidates")
+          f"{compare.geomean(totals['ratios']):.3f} over {len(totals['ratios'])} candidates")
     return 0
 
 
