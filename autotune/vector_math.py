@@ -105,10 +105,7 @@ def codegen_target(target: tvm.target.Target) -> tvm.target.Target:
         config["host"] = codegen_target(target.host).export()
     own = [str(option) for option in config.get("cl-opt", [])]
     named = {_option_name(option) for option in own}
-    extra = [option for option in CODEGEN_OPTIONS if _option_name(option) not in named]
-    if not extra:
-        return target
-    config["cl-opt"] = own + extra
+    config["cl-opt"] = own + [option for option in CODEGEN_OPTIONS if _option_name(option) not in named]
     return tvm.target.Target(config)
 
 
@@ -131,7 +128,8 @@ def lowering(target: tvm.target.Target) -> Iterator[None]:
     """Within: TVM's intrinsic lowering calls libmvec for vector math this target can run."""
     isas = register_isas(target)
     if isas:
-        _register_lowerings()
+        with _builds_lock:  # two threads' first builds at once would each register (seen: 17 of 16)
+            _register_lowerings()
         _count_build(+1)
     token = _active_isas.set(isas or None)
     try:

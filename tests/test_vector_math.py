@@ -140,3 +140,38 @@ def test_builds_carry_the_codegen_options_and_keep_a_target_s_own() -> None:
     assert vector_math.codegen_target(tvm.target.Target({"kind": "c"})).export().get("cl-opt") is None
     with_host = tvm.target.Target(HOST.export(), host=HOST.export())  # TVM compiles CPU code with the host
     assert "-dag-maps-huge-region:uint=100" in _target_flag(vector_math.build(mod, with_host))
+    own_with_host = tvm.target.Target(own.export(), host=HOST.export())  # the host's options are its own
+    host_options = vector_math.codegen_target(own_with_host).host.export()["cl-opt"]
+    assert "-dag-maps-huge-region:uint=100" in host_options
+
+
+@needs_libmvec
+def test_first_builds_of_many_threads_register_the_lowerings_once() -> None:
+    """Threads entering `lowering` together for the first time in a process register libmvec's lowerings
+    once; a second registration would wrap the first as its fallback. Registration is slowed so that
+    the threads overlap in it every time."""
+    script = '''
+import threading, time
+from autotune import vector_math
+from autotune.target import resolve_target
+registered = []
+register = vector_math.tirx.register_intrin_lowering
+def slow_register(*args, **kwargs):
+    time.sleep(0.002)
+    registered.append(args[0])
+    return register(*args, **kwargs)
+vector_math.tirx.register_intrin_lowering = slow_register
+target = resolve_target("llvm").target
+start = threading.Barrier(4)
+def first_build():
+    start.wait()
+    with vector_math.lowering(target):
+        pass
+threads = [threading.Thread(target=first_build) for _ in range(4)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+print(len(registered))
+'''
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) == len(vector_math.FUNCTIONS) + len(vector_math.SCALARIZED_BY_TVM)
