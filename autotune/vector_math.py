@@ -61,7 +61,7 @@ _LEVEL = 99  # above TVM's own lowerings (level 10)
 _FLOAT = tvm.DataType("float32").type_code
 
 _active_isas: contextvars.ContextVar[dict[int, str] | None] = contextvars.ContextVar("vector_math_isas", default=None)
-_builds_lock = threading.Lock()
+_builds_lock = threading.Lock()  # guards _builds_within, and the first registration of the lowerings (`lowering`)
 # Held while `build` compiles and `export_library` writes: both set LLVM's process-wide options
 # (CODEGEN_OPTIONS) for the module at hand, and TVM does not guard that state against two threads.
 _llvm_options_lock = threading.RLock()
