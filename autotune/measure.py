@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +48,9 @@ class MeasureOptions:
     # A kernel builds in 0.1-3 s here; the rare candidate whose code LLVM takes minutes over (huge
     # unrolled register tiles) is not worth a builder's time. MetaSchedule's default is 30 s too.
     build_timeout: float = 30.0
-    # Once BUILDS_BEFORE_ADAPTIVE_TIMEOUT candidates of a workload have built, a build is stopped
-    # at this many times their median build time (never below min_build_timeout, never above
-    # build_timeout; 0: off). Code that takes that long to compile is huge unrolled bodies: of 20
+    # Once BUILDS_BEFORE_ADAPTIVE_TIMEOUT candidates of a workload have built, a build (one already
+    # running included) is stopped at this many times their median build time (never below
+    # min_build_timeout, never above build_timeout; 0: off). Code that takes that long to compile is huge unrolled bodies: of 20
     # such candidates in eight random-search runs (conv, depthwise, softmax), none ran within
     # 1.27x of its run's best, and one 30 s build held a whole batch's runs back.
     build_timeout_vs_median: float = 10.0
@@ -104,6 +105,7 @@ class MeasureOptions:
 
 BUILDS_BEFORE_ADAPTIVE_TIMEOUT = 8
 CONTROL_SWITCH = 2.0  # a tune's control is replaced by a kept run ranked this many times faster (Measurer._control_for)
+TIMEOUT_POLL_SECS = 0.2  # how often a callable timeout is asked again (WorkerProcess.call)
 STARTUP_TIMEOUT = 300.0  # a worker's imports take 0.5-3 s; a loaded machine can take much longer
 
 
@@ -143,11 +145,13 @@ class WorkerProcess:
         self._proc: subprocess.Popen[str] | None = None
         self._ready = False
 
-    def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def call(self, request: dict[str, Any], timeout: float | Callable[[], float]) -> dict[str, Any]:
         """Send one request and wait for its answer; raise WorkerDied on a crash or timeout.
 
         The timeout starts once the worker is ready: a fresh worker's imports (seconds) never
-        count against the candidate it serves.
+        count against the candidate it serves. A callable timeout is asked again every
+        TIMEOUT_POLL_SECS while the answer is awaited, so a limit that other work lowers meanwhile
+        (Measurer._build_limit) applies to a request already sent.
         """
         proc = self._ensure_started()
         assert proc.stdin is not None and proc.stdout is not None
@@ -158,10 +162,10 @@ class WorkerProcess:
         except BrokenPipeError:
             self._reap()
             raise WorkerDied(Status.RUN_ERROR, f"worker {self.name} exited before the request") from None
-        ready, _, _ = select.select([proc.stdout], [], [], timeout)
-        if not ready:
+        if not _answer_within(proc.stdout, timeout):
             self.kill()
-            raise WorkerDied(Status.TIMEOUT, f"timed out after {timeout:.3g} s")
+            limit = timeout() if callable(timeout) else timeout
+            raise WorkerDied(Status.TIMEOUT, f"timed out after {limit:.3g} s")
         line = proc.stdout.readline()
         if not line:
             code = self._reap()
@@ -415,12 +419,16 @@ class Measurer:
         request = {"job": "build", "decisions": candidate.decisions, "out_path": out_path}
         if self.options.inject is not None:
             request["inject"] = self.options.inject(candidate)
-        limit, why = (self.options.build_timeout, "") if full_timeout else self._build_limit()
+        # The adaptive limit is asked again while the build runs: a build sent among a workload's first
+        # ones (no usual build time known yet) is stopped as soon as the builds beside it show that it
+        # is far slower than usual, not after the whole build_timeout (30 s of a 20-40 s tune).
+        limit = (lambda: self.options.build_timeout) if full_timeout else (lambda: self._build_limit()[0])
         answer = self._call_builder(request, limit)
         if answer.get("ok"):
             self._build_secs.append(float(answer.get("build_secs", 0.0)))
-        elif why and "timed out" in str(answer.get("error", "")):
-            answer["error"] += f" ({why})"
+        elif not full_timeout and "timed out" in str(answer.get("error", "")):
+            why = self._build_limit()[1]
+            answer["error"] += f" ({why})" if why else ""
         answer["out_path"] = out_path
         return answer
 
@@ -436,7 +444,7 @@ class Measurer:
         return limit, (f"{options.build_timeout_vs_median:g}x the median build ({median:.2f} s) of this workload's "
                        f"{len(done)} built candidates, at least {options.min_build_timeout:g} s")
 
-    def _call_builder(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def _call_builder(self, request: dict[str, Any], timeout: float | Callable[[], float]) -> dict[str, Any]:
         """Send a request to an idle builder (one request per builder at a time)."""
         worker = self._workers.idle_builders.get()
         try:
@@ -591,6 +599,20 @@ def _device_origin(answer: dict[str, Any]) -> str:
     """Where a remote trial was measured: the device's host name (as it reports it) and address."""
     host = (answer.get("info") or {}).get("host")
     return f"{host} ({answer['device']})" if host else f"rpc:{answer['device']}"
+
+
+def _answer_within(stream: Any, timeout: float | Callable[[], float]) -> bool:
+    """Whether `stream` has a line to read before the timeout (seconds from now, or a callable asked
+    again every TIMEOUT_POLL_SECS for the current limit, counted from now) runs out."""
+    if not callable(timeout):
+        return bool(select.select([stream], [], [], timeout)[0])
+    start = time.monotonic()
+    while True:
+        left = timeout() - (time.monotonic() - start)
+        if left <= 0:
+            return False
+        if select.select([stream], [], [], min(left, TIMEOUT_POLL_SECS))[0]:
+            return True
 
 
 def _describe_exit(code: int | None) -> str:

@@ -287,6 +287,29 @@ def test_a_build_far_slower_than_the_workloads_usual_builds_is_stopped():
     assert stopped.status is Status.BUILD_ERROR and "median build" in stopped.error
 
 
+def test_a_build_sent_before_the_usual_build_time_is_known_is_stopped_once_the_builds_beside_it_show_it():
+    import random
+    import time
+
+    from autotune import ops
+    from autotune.measure import BUILDS_BEFORE_ADAPTIVE_TIMEOUT, Measurer, MeasureOptions
+    from autotune.search_space import SearchSpace
+
+    space = SearchSpace(ops.make("matmul", "16,16,16"))
+    rng = random.Random(0)
+    candidates = list({c.key: c for c in (space.sample(rng) for _ in range(40))}.values())
+    hanging, usual = candidates[0], candidates[1:BUILDS_BEFORE_ADAPTIVE_TIMEOUT + 2]
+    options = MeasureOptions(build_timeout=30, min_build_timeout=1.0, repeat=1, min_repeat_ms=1,
+                             inject=lambda c: "build_hang" if c.key == hanging.key else None)
+    with Measurer(space, resolve_target("llvm"), options) as measurer:
+        measurer.prepare()
+        start = time.perf_counter()
+        records = list(measurer.measure([hanging] + usual))  # the first build of the workload hangs
+        assert time.perf_counter() - start < 15  # stopped once the others built, not after build_timeout
+    assert records[0].status is Status.BUILD_ERROR and "median build" in records[0].error
+    assert all(r.status is Status.OK for r in records[1:])
+
+
 def test_finals_reuse_the_libraries_of_the_measurers_fastest_runs_and_build_only_the_others():
     import os
     import random
