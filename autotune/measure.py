@@ -57,8 +57,9 @@ class MeasureOptions:
     min_build_timeout: float = 2.0
     run_timeout: float = 30.0
     repeat: int = 5  # timed repeats, each at another placement of the arrays (worker.placed_copies); the median is the latency
-    # Each repeat loops the kernel for at least this long (a kernel whose first run already lasts this
-    # long is timed in one run per repeat: worker._time_repeat). 10 ms, not more: the 5-repeat medians of a
+    # Each repeat loops the kernel for about this long: the first for at least this long, the others as
+    # many runs as that took (worker._repeat_ms); a kernel whose first run already lasts this long is
+    # timed in one run per repeat (worker._time_repeat). 10 ms, not more: the 5-repeat medians of a
     # 2.6 ms matmul spread the same (CV 0.02-0.03) at 5, 10, 15 and 30 ms per repeat, interleaved; what
     # varies on these VMs is the machine from one second to the next, which longer repeats do not average.
     min_repeat_ms: int = 10

@@ -216,7 +216,8 @@ def _time_in_turn(libs: list[Any], dev: Any, req: dict[str, Any],
             if results[i]["status"] != "ok" or (timed and timed[0] >= req["slow_secs"] and len(timed) >= slow_rounds):
                 continue
             args = place(inputs)
-            timer = libs[i].time_evaluator("main", dev, number=numbers[i], repeat=1, min_repeat_ms=req["min_repeat_ms"])
+            timer = libs[i].time_evaluator("main", dev, number=numbers[i], repeat=1,
+                                           min_repeat_ms=_repeat_ms(req, first=not timed))
             latency = timer(*args).results[0]
             results[i]["latencies"].append(latency)
             numbers[i] = _loop_count(req["min_repeat_ms"], latency)
@@ -262,13 +263,14 @@ def _time_and_check(lib: Any, dev: Any, req: dict[str, Any], place: Callable[[li
     number, latencies, controls, control_number = 1, [], [], 1
     for r in range(repeat):
         args = args if r == 0 else place(inputs)
-        latencies.append(_time_repeat(lib, dev, args, number, req["min_repeat_ms"], direct))
+        latencies.append(_time_repeat(lib, dev, args, number, _repeat_ms(req, first=r == 0), direct))
         if req.get("inject") == "wrong" and r == 0:
             _write_wrong_value(args, outputs, dev)
         if error := _wrong_output(args, outputs, expected):
             return {"status": "wrong_result", "latencies": latencies, "error": error}
         if control is not None:  # after the check: the control overwrites the outputs
-            controls.append(_time_repeat(control, dev, args, control_number, req["min_repeat_ms"], direct=False))
+            controls.append(_time_repeat(control, dev, args, control_number, _repeat_ms(req, first=r == 0),
+                                         direct=False))
         if r == 0:
             if _screened(req, latencies[0], controls[0] if controls else None):
                 break  # no contender for the best: its one repeat ranks it
@@ -333,6 +335,18 @@ def _screened(req: dict[str, Any], seconds: float, control_seconds: float | None
         return bool(limit) and seconds / control_seconds > limit
     limit = req.get("screen_secs")
     return bool(limit) and seconds > limit
+
+
+def _repeat_ms(req: dict[str, Any], first: bool) -> float:
+    """The min_repeat_ms to give TVM's time_evaluator for one repeat of a kernel: req["min_repeat_ms"] for
+    its first repeat, which the evaluator lengthens to that and which sizes the loop of the others
+    (_loop_count); 0 for the others, which then run their sized loop once.
+
+    Why: given min_repeat_ms again, the evaluator starts a repeat over, with a loop 1.6x longer, whenever
+    the loop falls short of it, and a loop sized to about min_repeat_ms falls short about half the time:
+    repeats sized for 10 ms took 19-26 ms, with 0 they took 10-11 ms, the medians the same (12 kernels
+    of 0.03-3 ms, bench/RESULTS.md, 2026-12-08). That was about half of every fast kernel's run."""
+    return req["min_repeat_ms"] if first else 0
 
 
 def _loop_count(min_repeat_ms: float, seconds: float) -> int:

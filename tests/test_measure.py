@@ -100,9 +100,11 @@ class _SleepingDouble(dict):
     """A stand-in for a loaded library: its "main" sleeps `seconds` and writes B = factor * A, counting its
     runs; its time_evaluator is counted and reports 0.5 s."""
 
-    def __init__(self, seconds: float, factor: float = 2.0):
+    def __init__(self, seconds: float, factor: float = 2.0, reports: float = 0.5):
         super().__init__(main=self._main)
         self.seconds, self.factor, self.runs, self.evaluators = seconds, factor, 0, 0
+        self.reports = reports  # what its time_evaluator reports
+        self.loops: list[tuple[int, float]] = []  # each evaluator's (number, min_repeat_ms)
 
     def _main(self, a, b):
         time.sleep(self.seconds)
@@ -111,7 +113,8 @@ class _SleepingDouble(dict):
 
     def time_evaluator(self, name, dev, number, repeat, min_repeat_ms):
         self.evaluators += 1
-        return lambda a, b: (self._main(a, b), SimpleNamespace(results=[0.5]))[1]
+        self.loops.append((number, min_repeat_ms))
+        return lambda a, b: (self._main(a, b), SimpleNamespace(results=[self.reports]))[1]
 
 
 def _time_and_check(kernel, arrays, remote=False, control=None, **request):
@@ -132,6 +135,20 @@ def test_a_kernel_whose_first_run_lasts_a_repeat_is_timed_once_per_repeat_here(a
     assert kernel.evaluators == 3
     kernel = _SleepingDouble(0.0)  # shorter than a repeat: TVM's evaluator loops it
     assert _time_and_check(kernel, arrays)["latencies"] == [0.5] * 3 and kernel.evaluators == 3
+
+
+def test_a_fast_kernels_first_repeat_sizes_its_loop_and_the_others_run_that_loop_once(arrays):
+    from autotune.worker import _time_in_turn
+
+    # TVM's time_evaluator, given min_repeat_ms, starts a repeat over whenever its loop falls short of it:
+    # a loop sized to about min_repeat_ms would often run twice
+    kernel, control = _SleepingDouble(0.0, reports=0.002), _SleepingDouble(0.0, reports=0.004)
+    _time_and_check(kernel, arrays, control=control)
+    assert kernel.loops == [(1, 10), (5, 0), (5, 0)] and control.loops == [(1, 10), (3, 0), (3, 0)]
+    first, second = _SleepingDouble(0.0, reports=0.002), _SleepingDouble(0.0, reports=0.004)
+    req = {**_request("unused", arrays), "min_repeat_ms": 10, "rounds": 3, "slow_secs": 1.0}
+    _time_in_turn([first, second], tvm.cpu(), req, lambda inputs: [tvm.runtime.tensor(a) for a in inputs])
+    assert first.loops == [(1, 10), (5, 0), (5, 0)] and second.loops == [(1, 10), (3, 0), (3, 0)]
 
 
 def test_a_kernel_whose_first_run_lasts_a_repeat_and_is_past_the_screen_is_not_timed_again(arrays):
