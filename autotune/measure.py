@@ -50,9 +50,10 @@ class MeasureOptions:
     build_timeout: float = 30.0
     # Once BUILDS_BEFORE_ADAPTIVE_TIMEOUT candidates of a workload have built, a build (one already
     # running included) is stopped at this many times their median build time (never below
-    # min_build_timeout, never above build_timeout; 0: off). Code that takes that long to compile is huge unrolled bodies: of 20
-    # such candidates in eight random-search runs (conv, depthwise, softmax), none ran within
-    # 1.27x of its run's best, and one 30 s build held a whole batch's runs back.
+    # min_build_timeout, never above build_timeout; 0: off). Code that takes that long to compile is
+    # huge unrolled bodies: of 20 such candidates in eight random-search runs (conv, depthwise,
+    # softmax), none ran within 1.27x of its run's best, and one 30 s build held a whole batch's
+    # runs back.
     build_timeout_vs_median: float = 10.0
     min_build_timeout: float = 2.0
     run_timeout: float = 30.0
