@@ -424,7 +424,7 @@ class Measurer:
         # The adaptive limit is asked again while the build runs: a build sent among a workload's first
         # ones (no usual build time known yet) is stopped as soon as the builds beside it show that it
         # is far slower than usual, not after the whole build_timeout (30 s of a 20-40 s tune).
-        limit = (lambda: self.options.build_timeout) if full_timeout else (lambda: self._build_limit()[0])
+        limit = self.options.build_timeout if full_timeout else (lambda: self._build_limit()[0])
         answer = self._call_builder(request, limit)
         if answer.get("ok"):
             self._build_secs.append(float(answer.get("build_secs", 0.0)))

@@ -344,8 +344,8 @@ def _repeat_ms(req: dict[str, Any], first: bool) -> float:
 
     Why: given min_repeat_ms again, the evaluator starts a repeat over, with a loop 1.6x longer, whenever
     the loop falls short of it, and a loop sized to about min_repeat_ms falls short about half the time:
-    repeats sized for 10 ms took 19-26 ms, with 0 they took 10-11 ms, the medians the same (12 kernels
-    of 0.03-3 ms, bench/RESULTS.md, 2026-12-08). That was about half of every fast kernel's run."""
+    repeats sized for 10 ms took 13-26 ms, with 0 they took 10-16 ms, the medians the same (10 kernels
+    of 0.03-3 ms, bench/RESULTS.md, 2026-12-08). A fast kernel's run took 0.76x the time without it."""
     return req["min_repeat_ms"] if first else 0
 
 

@@ -98,7 +98,7 @@ def test_a_clearly_slower_candidate_is_timed_once_and_still_checked(tmp_path, ar
 
 class _SleepingDouble(dict):
     """A stand-in for a loaded library: its "main" sleeps `seconds` and writes B = factor * A, counting its
-    runs; its time_evaluator is counted and reports 0.5 s."""
+    runs; its time_evaluator is counted, records its (number, min_repeat_ms), and reports `reports` seconds."""
 
     def __init__(self, seconds: float, factor: float = 2.0, reports: float = 0.5):
         super().__init__(main=self._main)
