@@ -306,7 +306,6 @@ def test_a_build_far_slower_than_the_workloads_usual_builds_is_stopped():
 
 def test_a_build_sent_before_the_usual_build_time_is_known_is_stopped_once_the_builds_beside_it_show_it():
     import random
-    import time
 
     from autotune import ops
     from autotune.measure import BUILDS_BEFORE_ADAPTIVE_TIMEOUT, Measurer, MeasureOptions
