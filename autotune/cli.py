@@ -20,7 +20,7 @@ from . import logs, ops, vector_math
 from .database import Database, default_database_path
 from .errors import AutotuneError, BudgetError, FleetError, ShapeError
 from .measure import MeasureOptions
-from .records import TrialRecord
+from .records import TrialRecord, ms_text
 from .search_space import SearchSpace
 from .space_config import load_space_config
 from .target import resolve_target
@@ -87,9 +87,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\n{'kernel':<16}{'latency (ms)':>14}{'GFLOPS':>10}")
     for label, secs in rows:
         if secs:
-            print(f"{label:<16}{secs * 1e3:>14.3f}{gflops(workload, secs):>10.1f}")
+            print(f"{label:<16}{ms_text(secs):>14}{gflops(workload, secs):>10.1f}")
     if result.best_latency:
-        print(f"(autotune best and NumPy timed in turn just now; recorded while tuning: {result.best_latency * 1e3:.3f} ms,"
+        print(f"(autotune best and NumPy timed in turn just now; recorded while tuning: {ms_text(result.best_latency)} ms,"
               " the fastest moment of the tune)")
     if untuned and tuned:
         print(f"\nspeed-up over untuned: {untuned / tuned:.1f}x; tuned output checked against the untuned reference")
@@ -123,7 +123,7 @@ def cmd_cache_ls(args: argparse.Namespace) -> int:
         return 0
     print(f"{'workload':<28}{'key':<22}{'target':<24}{'trials':>8}{'ok':>6}{'best (ms)':>12}")
     for r in rows:
-        best = f"{r['best_latency'] * 1e3:.4f}" if r["best_latency"] else "-"
+        best = ms_text(r["best_latency"]) if r["best_latency"] else "-"
         mark = " (this device)" if r["target_key"] == here else ""
         print(f"{(r['workload_name'] or '?')[:27]:<28}{r['workload_key']:<22}{r['target_key'] + mark:<24}"
               f"{r['trials']:>8}{r['ok']:>6}{best:>12}")
@@ -208,7 +208,7 @@ def _print_model_report(report: Any) -> None:
     print(f"\n{'model build':<16}{'latency (ms)':>14}{'vs untuned':>12}")
     for label, secs in rows:
         if secs:
-            print(f"{label:<16}{secs * 1e3:>14.4f}{report.untuned_latency / secs:>11.2f}x")
+            print(f"{label:<16}{ms_text(secs):>14}{report.untuned_latency / secs:>11.2f}x")
     checks = f"max error vs untuned {report.max_error_vs_untuned:.2g}"
     if report.max_error_vs_torch is not None:
         checks += f", vs PyTorch {report.max_error_vs_torch:.2g}"
@@ -239,7 +239,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             p = session_progress(db, row["id"])
             budget = f"{p.trials_done}/{p.trials_budget}" if p.trials_budget else str(p.trials_done)
             spent = _duration(p.elapsed) + (f"/{_duration(p.time_budget)}" if p.time_budget else "")
-            est = f"{p.estimated_latency * 1e3:.3f} ms" if p.estimated_latency else "-"
+            est = f"{ms_text(p.estimated_latency)} ms" if p.estimated_latency else "-"
             print(f"{row['id']:>4}  {row['name'][:19]:<20}{p.status:<13}{len(p.tasks):>6}{budget:>14}{spent:>16}{est:>15}")
     return 0
 
@@ -315,7 +315,7 @@ def _tune_with_bar(
         def on_progress(p: Progress) -> None:
             bar.update(1)
             if p.best_latency:
-                bar.set_postfix_str(f"best {p.best_latency * 1e3:.3f} ms, {p.best_gflops or 0:.1f} GFLOPS")
+                bar.set_postfix_str(f"best {ms_text(p.best_latency)} ms, {p.best_gflops or 0:.1f} GFLOPS")
 
         return tune(workload, hw, trials, db, seed=seed, progress=on_progress, similar=similar, rpc=rpc)
 
@@ -368,11 +368,11 @@ def _session_table(p: Any) -> str:
     budget = f"/{p.trials_budget}" if p.trials_budget else ""
     time_budget = f"/{_duration(p.time_budget)}" if p.time_budget else ""
     lines = [f"session {p.session_id} [{p.status}]: {p.trials_done}{budget} trials, {_duration(p.elapsed)}{time_budget}"
-             + (f", estimated model latency {total * 1e3:.3f} ms" if total else "")
+             + (f", estimated model latency {ms_text(total)} ms" if total else "")
              + (f" (last: {p.last_task})" if p.last_task else ""),
              f"  {'task':<34}{'weight':>7}{'trials':>8}{'best (ms)':>12}{'GFLOPS':>9}{'share':>8}"]
     for t in p.tasks:
-        best = f"{t.best_latency * 1e3:.4f}" if t.best_latency else "-"
+        best = ms_text(t.best_latency) if t.best_latency else "-"
         rate = f"{t.gflops:.1f}" if t.gflops else "-"
         share = f"{t.contribution / total:.0%}" if total and t.contribution is not None else "-"
         lines.append(f"  {t.name[:33]:<34}{t.weight:>7}{t.trials:>8}{best:>12}{rate:>9}{share:>8}")
@@ -395,15 +395,15 @@ def _print_result(result: TuneResult, db: str | None) -> None:
         return
     print(_describe_best(result.workload, result.best))
     if result.remeasured_latency:
-        print(f"re-measured (fresh build) before reporting: {result.remeasured_latency * 1e3:.3f} ms")
+        print(f"re-measured (fresh build) before reporting: {ms_text(result.remeasured_latency)} ms")
     print(f"database: {db or default_database_path()}  target key: {result.target.key}")
 
 
 def _describe_best(workload: Workload, best: TrialRecord) -> str:
     rate = gflops(workload, best.latency)
-    spread = f" ± {best.latency_std * 1e3:.3f}" if best.latency_std else ""
+    spread = f" ± {ms_text(best.latency_std)}" if best.latency_std else ""
     perf = f", {rate:.1f} GFLOPS" if rate else ""
-    return f"{workload.name}: best {best.latency * 1e3:.3f}{spread} ms{perf} (candidate {best.candidate_key})"
+    return f"{workload.name}: best {ms_text(best.latency)}{spread} ms{perf} (candidate {best.candidate_key})"
 
 
 def _untuned_latency(result: TuneResult, db_path: str | None) -> float | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .database import Database, open_database
+from .records import ms_text
 from .session import SessionProgress, session_progress
 
 PLOTS = ("best_latency_over_trials.png", "best_latency_over_time.png", "model_latency_over_time.png",
@@ -138,18 +139,13 @@ def _summary(progress: SessionProgress, name: str, model: pd.DataFrame, plots: t
              f"- trials: {progress.trials_done}" + (f" of {progress.trials_budget}" if progress.trials_budget else ""),
              f"- wall time: {progress.elapsed:.0f} s" + (f" of {progress.time_budget:.0f} s" if progress.time_budget else "")]
     if first and last:
-        lines.append(f"- estimated model latency: {_ms(first)} ms when every task had a first result "
-                     f"(its untuned schedule), {_ms(last)} ms now ({first / last:.2f}x)")
+        lines.append(f"- estimated model latency: {ms_text(first)} ms when every task had a first result "
+                     f"(its untuned schedule), {ms_text(last)} ms now ({first / last:.2f}x)")
     lines += ["", "| task | weight | trials | best (ms) | GFLOPS | share |", "|---|---|---|---|---|---|"]
     for t in progress.tasks:
         share = f"{t.contribution / last:.0%}" if last and t.contribution is not None else "-"
-        best = _ms(t.best_latency) if t.best_latency else "-"
+        best = ms_text(t.best_latency) if t.best_latency else "-"
         rate = f"{t.gflops:.1f}" if t.gflops else "-"
         lines.append(f"| {t.name} | {t.weight} | {t.trials} | {best} | {rate} | {share} |")
     lines += [""] + [f"![{p.stem.replace('_', ' ')}]({p.name})" for p in plots] + [""]
     return "\n".join(lines)
-
-
-def _ms(seconds: float) -> str:
-    """Milliseconds with 4 significant digits: kernels range from microseconds to seconds."""
-    return f"{seconds * 1e3:.4g}"

@@ -31,6 +31,7 @@ from .database import Database, open_database
 from .errors import BudgetError, ModelError, WorkloadError
 from .fleet import RpcOptions
 from .measure import MeasureOptions, WorkerPool
+from .records import ms_text
 from .model import extract_tasks
 from .scheduler import SCHEDULERS, TaskScheduler, TaskState
 from .space_config import SpaceConfig, load_space_config
@@ -216,7 +217,7 @@ def _run(db: Database, session_id: int, hw: HardwareTarget, config: SpaceConfig,
                 last_task = row["tasks"][index]["name"]
                 db.update_session(session_id, elapsed=elapsed + time.perf_counter() - start)
                 logger.info("session %d: %s +%d trials, best %s", session_id, last_task, len(done),
-                            f"{best.latency * 1e3:.4f} ms" if best else "none")
+                            f"{ms_text(best.latency)} ms" if best else "none")
                 if progress is not None:
                     progress(session_progress(db, session_id, RUNNING, last_task))
             for tuner in tuners.values():  # each task's best is settled (finals) before it is reported

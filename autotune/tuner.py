@@ -23,7 +23,7 @@ from .errors import AutotuneError, BudgetError, TargetError, last_line
 from .features import FEATURE_VERSION, FeatureExtractor
 from .fleet import RpcOptions, fleet_target
 from .measure import MeasureOptions, Measurer, WorkerPool
-from .records import Status, TrialRecord
+from .records import Status, TrialRecord, ms_text
 from .search import ModelGuidedSearch, RandomSearch, SearchStrategy
 from .search_space import Candidate, SearchSpace, apply_candidate
 from .space_config import SpaceConfig, load_space_config
@@ -258,7 +258,7 @@ class TaskTuner:
         best = self.db.best(self.workload.key, self.target.key)
         finals = {r.id: again.latency for r, again in zip(top, timed)}
         logger.info("%s finals: %s", self.workload.name, ", ".join(
-            f"#{r.id} {_ranked_by(r) * 1e3:.4g} -> {again.latency * 1e3:.4g} ms" if again.latency else f"#{r.id} {again.status.value}"
+            f"#{r.id} {ms_text(_ranked_by(r))} -> {ms_text(again.latency)} ms" if again.latency else f"#{r.id} {again.status.value}"
             for r, again in zip(top, timed)))
         return best, finals.get(best.id) if best else None
 
@@ -287,9 +287,9 @@ class TaskTuner:
             self.db.commit_check(best.id, again, ratio, flagged)
             if not flagged:
                 return best, again.latency
-            logger.warning("best record %d of %s re-measured %s (was %.4g ms): marked unstable", best.id,
-                           self.workload.name, f"{again.latency * 1e3:.4g} ms" if again.latency else again.status.value,
-                           best.latency * 1e3)
+            logger.warning("best record %d of %s re-measured %s (was %s ms): marked unstable", best.id,
+                           self.workload.name, f"{ms_text(again.latency)} ms" if again.latency else again.status.value,
+                           ms_text(best.latency))
         return self.db.best(self.workload.key, self.target.key), None
 
     def _machine_changed(self, ratio: float | None) -> bool:

@@ -1,11 +1,13 @@
 """The command line: every command has help, bad input is one line and exit code 2, tune → best works."""
 
+import re
 import subprocess
 import sys
 
 import pytest
 
 from autotune import cli
+from autotune.records import ms_text
 
 COMMANDS = ["tune", "best", "demo", "ops"]
 
@@ -53,6 +55,8 @@ def test_tune_then_best(tmp_path, capsys):
     assert cli.main(["tune", "matmul", "--shape", "32,32,16", "--trials", "3", "--db", db, "--seed", "0"]) == 0
     out = capsys.readouterr().out
     assert "3 trials" in out and "GFLOPS" in out
+    best_ms = re.search(r"best ([0-9.]+)", out).group(1)  # a few microseconds: not printed as 0.000
+    assert float(best_ms) > 0 and len(best_ms.replace(".", "").lstrip("0")) == 4
     assert cli.main(["best", "matmul", "--shape", "32,32,16", "--db", db, "--show"]) == 0
     out = capsys.readouterr().out
     assert "best" in out and "T.prim_func" in out
@@ -72,3 +76,7 @@ def test_demo_times_its_best_side_by_side_with_numpy(tmp_path, capsys):
     assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows.values())
     assert "timed in turn just now; recorded while tuning:" in out
     assert "speed-up over untuned:" in out
+
+
+def test_latencies_print_with_four_significant_digits():
+    assert [ms_text(s) for s in (5.123e-6, 1.259e-3, 0.0101, 9.99996e-4, 0.0)] == ["0.005123", "1.259", "10.10", "1.000", "0.000"]
