@@ -138,7 +138,10 @@ TRANSFER = "transfer"  # the tool name of model-guided search starting from the 
 MS_BUILD_TIMEOUT_SECS = 120.0  # MetaSchedule's default is 30 s (see the docstring)
 # A kernel's speed can depend on where its arrays lie (cache-set conflicts of power-of-two rows), so
 # every kernel, PyTorch's included, is timed at this many placements of its arrays and the median kept.
-RETIME_PLACEMENTS = 8
+# 24, not 8: the VM's slow spells last a timing or more and hit some kernels harder than others, so
+# the median of 8 moved a depthwise ratio over 0.83-0.98 between rounds, that of 24 over 0.85-0.91
+# (bench/RESULTS.md, 2026-12-08); the re-time takes about 20 s per workload more.
+RETIME_PLACEMENTS = 24
 
 
 @dataclass

@@ -7,7 +7,7 @@ For each workload (bench/compare.py's suite names) and seed: `autotune.tune` int
 finals on (the default). Then two picks of that one tune: the finals' winner (`db.best`, what
 autotune applies) and the trial with the lowest recorded latency (what was picked before finals
 existed). When they differ, both are built and timed head to head with PyTorch
-(compare.time_interleaved, 8 placements, medians): the same moments of the machine for both.
+(compare.time_interleaved at compare.RETIME_PLACEMENTS placements, medians): the same moments of the machine for both.
 
 Columns: the recorded pick and the winner re-timed (ms), recorded/winner (> 1: the finals picked
 the faster kernel; 1.00 exactly when both picks are the same trial), PyTorch (ms), the seconds the

@@ -2,13 +2,13 @@
 
 Why: a kernel's speed can depend on where its arrays lie relative to each other (cache-set
 conflicts of power-of-two rows: a matmul 1024³ kernel ran in 4.5 or 8.1 ms, same code, same
-machine). compare.py re-times at 8 placements; this re-times a kept run at more (or a run kept
-before compare did). Each kernel is timed at --placements placements of its arrays (compare.time_placements: each
+machine). compare.py re-times at RETIME_PLACEMENTS placements; this re-times a kept run at as many
+as asked (or a run kept before compare did). Each kernel is timed at --placements placements of its arrays (compare.time_placements: each
 array at a random 64-byte-aligned offset within a buffer of its own, median of 5 repeats of at
 least 30 ms, checked against the untuned build). The table gives each tool's median over placements, with its best and worst placement, and the geomean ratios of the medians.
 
     python bench/compare.py ... --keep DIR      # first: a run that keeps its databases
-    python bench/retime_kept.py DIR [--placements 12] [--write bench/RESULTS.md]
+    python bench/retime_kept.py DIR [--placements N] [--write bench/RESULTS.md]
 """
 
 # ruff: noqa: E402
@@ -33,7 +33,7 @@ from tvm.s_tir import meta_schedule as ms
 import autotune
 from autotune import ops
 
-from compare import WORKLOADS, reference, time_placements
+from compare import RETIME_PLACEMENTS, WORKLOADS, reference, time_placements
 
 
 def kept_kernels(keep: str, workload: autotune.Workload, hw: autotune.HardwareTarget) -> dict[str, tvm.IRModule]:
@@ -55,7 +55,7 @@ def kept_kernels(keep: str, workload: autotune.Workload, hw: autotune.HardwareTa
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("keep", help="a directory written by compare.py --keep")
-    parser.add_argument("--placements", type=int, default=12)
+    parser.add_argument("--placements", type=int, default=RETIME_PLACEMENTS)
     parser.add_argument("--write", metavar="PATH", help="append the table to a Markdown file")
     args = parser.parse_args()
     hw = autotune.resolve_target("llvm")
