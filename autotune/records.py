@@ -18,12 +18,13 @@ from typing import Any
 
 def ms_text(seconds: float) -> str:
     """`seconds` as milliseconds with 4 significant digits and no exponent ("0.005123", "1.259",
-    "12345"): kernels take from microseconds to seconds, and a fixed number of decimals prints a
+    "12340"): kernels take from microseconds to seconds, and a fixed number of decimals prints a
     small kernel as 0.000."""
     ms = float(f"{seconds * 1e3:.4g}")  # rounded first, so that 0.99996 gives 1.000, not 1.0000
     if not math.isfinite(ms) or ms == 0:
         return f"{ms:.3f}"
     return f"{ms:.{max(0, 3 - math.floor(math.log10(abs(ms))))}f}"
+
 
 class Status(str, Enum):
     """How a measured candidate ended."""

@@ -31,8 +31,8 @@ from .database import Database, open_database
 from .errors import BudgetError, ModelError, WorkloadError
 from .fleet import RpcOptions
 from .measure import MeasureOptions, WorkerPool
-from .records import ms_text
 from .model import extract_tasks
+from .records import ms_text
 from .scheduler import SCHEDULERS, TaskScheduler, TaskState
 from .space_config import SpaceConfig, load_space_config
 from .target import HardwareTarget
