@@ -140,7 +140,7 @@ MS_BUILD_TIMEOUT_SECS = 120.0  # MetaSchedule's default is 30 s (see the docstri
 # every kernel, PyTorch's included, is timed at this many placements of its arrays and the median kept.
 # 24, not 8: the VM's slow spells last a timing or more and hit some kernels harder than others, so
 # the median of 8 moved a depthwise ratio over 0.83-0.98 between rounds, that of 24 over 0.85-0.91
-# (bench/RESULTS.md, 2026-12-08); the re-time takes about 20 s per workload more.
+# (bench/RESULTS.md, 2026-12-08); the re-time takes at least 16 x 5 x 30 ms = 2.4 s more per kernel.
 RETIME_PLACEMENTS = 24
 
 
